@@ -1,0 +1,1 @@
+"""Scenario data: schema, readers, validation, synthetic generator, tensors."""
