@@ -1,0 +1,212 @@
+"""Flower ClientApp: one business scenario's MMoE trainer.
+
+The node serves the scenario named in its node config (``scenario``) or, in a
+simulation, ``dataset.scenarios[partition-id]``. It receives only the uploadable
+tensors (G, S and towers), keeps everything else in its LocalState, and replies
+with the uploadable non-BN tensors, its sample count and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from omegaconf import DictConfig, OmegaConf
+
+from .config import load_config
+from .data import ScenarioData, load_scenario
+from .mmoe import MMoE, build_model
+from .state import LocalState, atomic_torch_save
+from .template import uploaded_names
+from .trainer import TrainConfig, evaluate, train_local
+
+app = ClientApp()
+SPLITS = ("train", "val", "test")
+
+_CONFIGS: dict[str, DictConfig] = {}
+_DATA: dict[str, ScenarioData] = {}
+
+
+class UpdateError(ValueError):
+    """A received tensor set that does not fit this client's model."""
+
+
+def run_config(context: Context) -> DictConfig:
+    overrides = str(context.run_config.get("overrides", ""))
+    if overrides not in _CONFIGS:
+        _CONFIGS[overrides] = load_config(overrides)
+    return _CONFIGS[overrides]
+
+
+def scenario_of(context: Context, cfg: DictConfig) -> str:
+    """The scenario this node serves: node config ``scenario`` or the partition id."""
+    node = context.node_config
+    scenarios = list(cfg.dataset.scenarios)
+    if "scenario" in node:
+        name = str(node["scenario"])
+        if name not in scenarios:
+            raise ValueError(f"node scenario {name!r} is not in dataset.scenarios {scenarios}")
+        return name
+    if "partition-id" in node:
+        pid, parts = int(node["partition-id"]), int(node.get("num-partitions", len(scenarios)))
+        if parts != len(scenarios):
+            raise ValueError(
+                f"the federation has {parts} SuperNodes but dataset.scenarios lists {len(scenarios)}: "
+                f"run with --federation-config 'num-supernodes={len(scenarios)}'"
+            )
+        return scenarios[pid]
+    raise ValueError("node config needs 'scenario' (deployment) or 'partition-id' (simulation)")
+
+
+def dataset_config(context: Context, cfg: DictConfig) -> DictConfig:
+    ds = OmegaConf.to_container(cfg.dataset, resolve=True)
+    if "data-path" in context.node_config:
+        ds["root"] = str(context.node_config["data-path"])
+    return OmegaConf.create(ds)
+
+
+def scenario_data(ds_cfg: DictConfig, scenario: str) -> ScenarioData:
+    """Rows become tensors once per process; later messages reuse them."""
+    key = json.dumps([OmegaConf.to_container(ds_cfg), scenario], sort_keys=True)
+    if key not in _DATA:
+        _DATA[key] = load_scenario(ds_cfg, scenario)
+    return _DATA[key]
+
+
+class Session:
+    """One message's view of the scenario: config, data, model with local state."""
+
+    def __init__(self, context: Context) -> None:
+        self.cfg = run_config(context)
+        if self.cfg.train.num_threads:
+            torch.set_num_threads(int(self.cfg.train.num_threads))
+        self.scenario = scenario_of(context, self.cfg)
+        self.data = scenario_data(dataset_config(context, self.cfg), self.scenario)
+        self.model: MMoE = build_model(
+            self.cfg.model, self.data.field_dims, self.data.num_numerical, len(self.data.task_names), self.cfg.seed
+        )
+        strat = self.cfg.strategy
+        self.upload = uploaded_names(
+            self.model.state_dict().keys(), fedbn=bool(strat.fedbn), tower_mode=str(strat.towers.mode)
+        )
+        state_dir = context.node_config.get("state-dir")
+        if state_dir:
+            state_dir = str(Path(str(state_dir)) / str(context.run_id))
+        self.local = LocalState(context.state, self.scenario, state_dir)
+
+    def restore(self) -> None:
+        state = self.local.load()
+        if state is not None:
+            self.model.load_state_dict(state)
+
+    def uploadable(self) -> dict[str, torch.Tensor]:
+        sd = self.model.state_dict()
+        return {n: sd[n] for n in self.upload}
+
+    def load_received(self, record: ArrayRecord) -> dict[str, torch.Tensor]:
+        """Copy the server's tensors into the uploadable groups, after checking them."""
+        own = self.uploadable()
+        missing, extra = set(own) - set(record), set(record) - set(own)
+        if missing or extra:
+            raise UpdateError(
+                f"scenario {self.scenario}: received tensors do not match the template "
+                f"(missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]})"
+            )
+        received = {}
+        for name, target in own.items():
+            arr = record[name].numpy()
+            if tuple(arr.shape) != tuple(target.shape):
+                raise UpdateError(f"tensor {name}: shape {arr.shape}, expected {tuple(target.shape)}")
+            if arr.dtype != target.numpy().dtype:
+                raise UpdateError(f"tensor {name}: dtype {arr.dtype}, expected {target.numpy().dtype}")
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise UpdateError(f"tensor {name}: contains NaN or Inf")
+            received[name] = torch.from_numpy(arr.copy())
+        with torch.no_grad():
+            for name, value in received.items():
+                own[name].copy_(value)
+        return received
+
+    def seed(self, server_round: int) -> int:
+        return (int(self.cfg.seed) * 1_000_003 + server_round * 7919 + zlib.crc32(self.scenario.encode())) % 2**31
+
+
+def to_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.require(v.detach().cpu().numpy(), requirements="C")) for k, v in tensors.items()})
+
+
+def meta(session: Session) -> ConfigRecord:
+    return ConfigRecord({"scenario": session.scenario, "tasks": list(session.data.task_names)})
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Report the scenario id; on request also the common initial uploadable tensors."""
+    session = Session(context)
+    content = RecordDict({"meta": meta(session)})
+    if bool(msg.content["config"].get("want-init", False)):
+        content["arrays"] = to_record(session.uploadable())
+    return Message(content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    session = Session(context)
+    session.restore()
+    anchor = session.load_received(msg.content["arrays"])
+    server_round = int(msg.content["config"].get("server-round", 0))
+    tcfg = TrainConfig.from_config(session.cfg.train)
+    anchor = {n: t for n, t in anchor.items() if n in dict(session.model.named_parameters())}
+    torch.manual_seed(session.seed(server_round))  # dropout masks differ per round and scenario
+    stats = train_local(session.model, session.data.train, anchor, tcfg, session.seed(server_round))
+    session.local.save(session.model.state_dict(), session.local.rounds_trained + 1)
+    metrics: dict[str, Any] = {"num-examples": int(session.data.train.y.shape[0]), **stats}
+    content = RecordDict(
+        {"arrays": to_record(session.uploadable()), "metrics": MetricRecord(metrics), "meta": meta(session)}
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_(msg: Message, context: Context) -> Message:
+    session = Session(context)
+    session.restore()
+    session.load_received(msg.content["arrays"])
+    config = msg.content["config"]
+    splits = [str(s) for s in config.get("splits", list(session.cfg.eval.splits))]
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown evaluation split(s) {unknown}; expected some of {list(SPLITS)}")
+    metrics: dict[str, Any] = {"num-examples": int(session.data.val.y.shape[0])}
+    for split in splits:
+        data = getattr(session.data, split)
+        metrics[f"{split}.n"] = int(data.y.shape[0])
+        for task, m in evaluate(session.model, data, session.data.task_names, int(session.cfg.eval.batch_size)).items():
+            metrics[f"{split}.{task}.auc"] = m["auc"]
+            metrics[f"{split}.{task}.logloss"] = m["logloss"]
+    ckpt_dir = context.node_config.get("checkpoint-dir") or config.get("checkpoint-dir")
+    if ckpt_dir:
+        save_checkpoint(session, Path(str(ckpt_dir)) / f"{session.scenario}.pt")
+    content = RecordDict({"metrics": MetricRecord(metrics), "meta": meta(session)})
+    return Message(content, reply_to=msg)
+
+
+def save_checkpoint(session: Session, path: Path) -> None:
+    """The scenario's full personalized model: server tensors plus its local ones."""
+    atomic_torch_save(
+        {
+            "scenario": session.scenario,
+            "state_dict": session.model.state_dict(),
+            "field_dims": list(session.data.field_dims),
+            "num_numerical": session.data.num_numerical,
+            "task_names": list(session.data.task_names),
+            "config": OmegaConf.to_container(session.cfg, resolve=True),
+        },
+        path,
+    )

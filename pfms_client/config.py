@@ -1,0 +1,54 @@
+"""Compose the Hydra config from conf/ plus user overrides (both apps use this).
+
+Client and server compose the same config from the same run-config string, so
+they always agree on the dataset, model and strategy without shipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_ENV = "PFMS_CONF_DIR"
+
+
+class ConfigError(ValueError):
+    """A bad override or config value, with the offending key in the message."""
+
+
+def conf_dir() -> Path:
+    """conf/ beside the packages (repo checkout or Flower's unpacked FAB)."""
+    if env := os.environ.get(CONF_ENV):
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parent.parent / "conf"
+    if not (here / "config.yaml").is_file():
+        raise ConfigError(f"cannot find conf/config.yaml next to the packages ({here}); set {CONF_ENV}")
+    return here
+
+
+def parse_overrides(overrides: str | Sequence[str] | None) -> list[str]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        return shlex.split(overrides)
+    return [str(o) for o in overrides]
+
+
+def load_config(overrides: str | Sequence[str] | None = None) -> DictConfig:
+    """Compose conf/config.yaml; unknown keys and bad values raise ConfigError."""
+    args = parse_overrides(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=args)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"bad config override in {args}: {exc}") from exc
+    OmegaConf.set_readonly(cfg, True)
+    return cfg

@@ -1,0 +1,143 @@
+"""MMoE with the PF-MSMTrec parameter template (global, scenario and task experts).
+
+Module names follow ``pfms_client.template`` so the server can group tensors by
+name alone. Gate t mixes only G + S + T_t, so task t's loss never reaches the
+experts of another task.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .template import ExpertTemplate
+
+
+class Block(nn.Module):
+    """Linear -> BatchNorm1d -> ReLU -> Dropout (the spec's expert/tower layer)."""
+
+    def __init__(self, d_in: int, d_out: int, dropout: float, bn_momentum: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out)
+        self.bn = nn.BatchNorm1d(d_out, momentum=bn_momentum)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.act(self.bn(self.linear(x))))
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in: int, hidden: Sequence[int], dropout: float, bn_momentum: float) -> None:
+        super().__init__()
+        dims = [d_in, *hidden]
+        self.layers = nn.Sequential(
+            *(Block(a, b, dropout, bn_momentum) for a, b in zip(dims[:-1], dims[1:]))
+        )
+        self.d_out = dims[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class Tower(nn.Module):
+    def __init__(self, d_in: int, hidden: Sequence[int], dropout: float, bn_momentum: float) -> None:
+        super().__init__()
+        self.mlp = MLP(d_in, hidden, dropout, bn_momentum)
+        self.out = nn.Linear(self.mlp.d_out, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.mlp(z)).squeeze(-1)
+
+
+class MMoE(nn.Module):
+    """Returns one logit per task; the sigmoid lives in the loss and in predict."""
+
+    def __init__(
+        self,
+        field_dims: Sequence[int],
+        num_numerical: int,
+        template: ExpertTemplate,
+        embed_dim: int,
+        expert_hidden: Sequence[int],
+        tower_hidden: Sequence[int],
+        dropout: float,
+        bn_momentum: float,
+    ) -> None:
+        super().__init__()
+        if not expert_hidden:
+            raise ValueError("model.expert_hidden needs at least one layer")
+        self.template = template
+        num_fields = len(field_dims) + (1 if num_numerical > 0 else 0)
+        if num_fields == 0:
+            raise ValueError("the schema declares no feature columns")
+        d_in = num_fields * embed_dim
+
+        def expert() -> MLP:
+            return MLP(d_in, expert_hidden, dropout, bn_momentum)
+
+        # Shared (uploadable) parts are built first so that, for one seed, their
+        # initial values do not depend on the scenario's vocabulary sizes.
+        self.experts = nn.ModuleDict(
+            {
+                "global": nn.ModuleList(expert() for _ in range(template.n_global)),
+                "scenario": nn.ModuleList(expert() for _ in range(template.n_scenario)),
+                "task": nn.ModuleList(
+                    nn.ModuleList(expert() for _ in range(template.n_task))
+                    for _ in range(template.num_tasks)
+                ),
+            }
+        )
+        d_expert = expert_hidden[-1]
+        self.towers = nn.ModuleList(
+            Tower(d_expert, tower_hidden, dropout, bn_momentum) for _ in range(template.num_tasks)
+        )
+        self.gates = nn.ModuleList(
+            nn.Linear(d_in, template.gate_width) for _ in range(template.num_tasks)
+        )
+        self.embedding = nn.Embedding(max(1, sum(field_dims)), embed_dim)
+        offsets = torch.tensor([0, *list(field_dims)[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("offsets", offsets[: len(field_dims)], persistent=False)
+        self.numeric = nn.Linear(num_numerical, embed_dim) if num_numerical > 0 else None
+        self.has_cat = len(field_dims) > 0
+
+    def embed(self, x_cat: torch.Tensor, x_num: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if self.has_cat:
+            parts.append(self.embedding(x_cat + self.offsets).flatten(1))
+        if self.numeric is not None:
+            parts.append(self.numeric(x_num))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def forward(self, x_cat: torch.Tensor, x_num: torch.Tensor) -> torch.Tensor:
+        h0 = self.embed(x_cat, x_num)
+        shared = [e(h0) for e in self.experts["global"]] + [e(h0) for e in self.experts["scenario"]]
+        logits = []
+        for t, (gate, tower) in enumerate(zip(self.gates, self.towers)):
+            outs = torch.stack(shared + [e(h0) for e in self.experts["task"][t]], dim=1)
+            weights = torch.softmax(gate(h0), dim=-1).unsqueeze(1)  # [B, 1, W]
+            logits.append(tower(torch.bmm(weights, outs).squeeze(1)))
+        return torch.stack(logits, dim=1)
+
+
+def build_model(
+    model_cfg: Mapping[str, Any], field_dims: Sequence[int], num_numerical: int, num_tasks: int, seed: int
+) -> MMoE:
+    """Build the MMoE from ``conf/model``; the seed fixes the common initialisation."""
+    known = {"embed_dim", "template", "expert_hidden", "tower_hidden", "dropout", "bn_momentum"}
+    unknown = set(model_cfg) - known
+    if unknown:
+        raise ValueError(f"model config: unknown keys {sorted(unknown)}")
+    torch.manual_seed(seed)
+    return MMoE(
+        field_dims=list(field_dims),
+        num_numerical=num_numerical,
+        template=ExpertTemplate.from_config(model_cfg["template"], num_tasks),
+        embed_dim=int(model_cfg["embed_dim"]),
+        expert_hidden=list(model_cfg["expert_hidden"]),
+        tower_hidden=list(model_cfg["tower_hidden"]),
+        dropout=float(model_cfg["dropout"]),
+        bn_momentum=float(model_cfg["bn_momentum"]),
+    )

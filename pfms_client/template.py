@@ -1,0 +1,106 @@
+"""The parameter template: which expert group every named tensor belongs to.
+
+The template is the contract between the clients and the server. The MMoE names
+its modules so that a tensor's name alone says its group; the server reads those
+names and never imports the model. Pure Python, no torch, so the server can use it.
+
+Names (``t`` = task index, ``i`` = expert index):
+    experts.global.<i>.*      G: global-shared experts (uploaded, FedAvg)
+    experts.scenario.<i>.*    S: scenario experts (uploaded, conflict-coordinated)
+    experts.task.<t>.<i>.*    T_t: task-t experts (never uploaded)
+    towers.<t>.*              task-t tower (uploaded unless towers are local)
+    gates.<t>.*, embedding.*, numeric.*   local, never uploaded
+Any name with a ``bn`` component is a BatchNorm tensor (kept local under FedBN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Iterable, Mapping
+
+
+class Group(str, Enum):
+    GLOBAL = "global"
+    SCENARIO = "scenario"
+    TASK = "task"
+    TOWER = "tower"
+    LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class TensorRole:
+    """What the name of one tensor says about it."""
+
+    group: Group
+    unit: str  # the expert or tower the tensor belongs to, e.g. "experts.scenario.1"
+    task: int | None  # task index for task experts and towers
+    is_bn: bool
+    layer: str  # the module the tensor belongs to (name without its last part)
+
+
+def classify(name: str) -> TensorRole:
+    """Classify a tensor by its name; unknown prefixes are an error, not LOCAL."""
+    parts = name.split(".")
+    is_bn = "bn" in parts[:-1]
+    layer = ".".join(parts[:-1])
+    head = parts[0]
+    if head == "experts" and len(parts) >= 3:
+        kind = parts[1]
+        if kind == "global" and parts[2].isdigit():
+            return TensorRole(Group.GLOBAL, ".".join(parts[:3]), None, is_bn, layer)
+        if kind == "scenario" and parts[2].isdigit():
+            return TensorRole(Group.SCENARIO, ".".join(parts[:3]), None, is_bn, layer)
+        if kind == "task" and len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
+            return TensorRole(Group.TASK, ".".join(parts[:4]), int(parts[2]), is_bn, layer)
+    elif head == "towers" and len(parts) >= 2 and parts[1].isdigit():
+        return TensorRole(Group.TOWER, ".".join(parts[:2]), int(parts[1]), is_bn, layer)
+    elif head in ("gates", "embedding", "numeric"):
+        task = int(parts[1]) if head == "gates" and parts[1].isdigit() else None
+        return TensorRole(Group.LOCAL, ".".join(parts[:2]), task, is_bn, layer)
+    raise ValueError(f"tensor name {name!r} does not follow the parameter template")
+
+
+def is_uploaded(name: str, *, fedbn: bool, tower_mode: str) -> bool:
+    """Whether a client sends this tensor to the server (and receives it back)."""
+    role = classify(name)
+    if role.is_bn and fedbn:
+        return False
+    if role.group in (Group.GLOBAL, Group.SCENARIO):
+        return True
+    if role.group is Group.TOWER:
+        return tower_mode != "local"
+    return False
+
+
+def uploaded_names(names: Iterable[str], *, fedbn: bool, tower_mode: str) -> list[str]:
+    return [n for n in names if is_uploaded(n, fedbn=fedbn, tower_mode=tower_mode)]
+
+
+@dataclass(frozen=True)
+class ExpertTemplate:
+    """How the M experts split into G, S and T_t, and which experts gate t mixes."""
+
+    n_global: int
+    n_scenario: int
+    n_task: int  # per task
+    num_tasks: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], num_tasks: int) -> "ExpertTemplate":
+        unknown = set(cfg) - {"global", "scenario", "task"}
+        if unknown:
+            raise ValueError(f"model.template: unknown keys {sorted(unknown)}")
+        tpl = cls(int(cfg["global"]), int(cfg["scenario"]), int(cfg["task"]), num_tasks)
+        if min(tpl.n_global, tpl.n_scenario, tpl.n_task) < 0:
+            raise ValueError(f"model.template: counts must be >= 0, got {dict(cfg)}")
+        if tpl.n_global + tpl.n_scenario + tpl.n_task == 0:
+            raise ValueError("model.template: at least one expert is needed")
+        if num_tasks < 1:
+            raise ValueError("at least one task is needed")
+        return tpl
+
+    @property
+    def gate_width(self) -> int:
+        """Experts one gate mixes: G + S + its own T_t."""
+        return self.n_global + self.n_scenario + self.n_task

@@ -1,0 +1,161 @@
+"""``pfms-run``: ``flwr run .`` on one machine, in this environment, leaving nothing behind.
+
+Flower's managed local SuperLink re-installs the app's dependencies with uv by
+default (a second torch download) and outlives the command as a detached
+process. This launcher instead starts its own ``flower-superlink --simulation
+--disable-runtime-dependency-installation`` on a free loopback port with a
+private FLWR_HOME, submits the app with ``flwr run <app> pfms-local --stream``,
+and stops every process it started when the run ends (or fails, or on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONNECTION = "pfms-local"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, log_file: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}; see {log_file}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"flower-superlink did not open port {port} within {timeout:.0f}s; see {log_file}")
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of pid (from /proc), so none survives the run."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process and its descendants, then SIGKILL what is left."""
+    pids = [proc.pid, *descendants(proc.pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and not _zombie(p) for p in pids):
+            proc.poll()
+            time.sleep(0.1)
+    proc.wait(timeout=5)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def write_flwr_config(flwr_home: Path, port: int) -> None:
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+
+
+def num_scenarios(overrides: str) -> int:
+    from pfms_client.config import load_config
+
+    return len(load_config(overrides).dataset.scenarios)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pfms-run",
+        description="Run PF-MSMTrec with `flwr run` on this machine (own SuperLink, no dependency re-install).",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. num_rounds=5 model=paper")
+    parser.add_argument("--app", default=".", help="Flower app folder (default: .)")
+    parser.add_argument("--port", type=int, default=0, help="SuperLink HTTP port (default: a free one)")
+    parser.add_argument("--flwr-home", default=None, help="FLWR_HOME for this run (default: a temp folder)")
+    parser.add_argument("--keep-flwr-home", action="store_true", help="keep FLWR_HOME (logs) after the run")
+    parser.add_argument("--startup-timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+
+    overrides = " ".join(args.overrides)
+    try:
+        k = num_scenarios(overrides)
+    except ValueError as exc:
+        print(f"pfms-run: {exc}", file=sys.stderr)
+        return 2
+    app = Path(args.app).resolve()
+    if not (app / "pyproject.toml").is_file():
+        print(f"pfms-run: {app} is not a Flower app (no pyproject.toml)", file=sys.stderr)
+        return 2
+    bindir = Path(sys.executable).parent
+    flwr_home = Path(args.flwr_home or tempfile.mkdtemp(prefix="pfms-flwr-")).resolve()
+    port = args.port or free_port()
+    write_flwr_config(flwr_home, port)
+    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    log_file = flwr_home / "superlink.log"
+    superlink_cmd = [
+        str(bindir / "flower-superlink"), "--insecure", "--simulation",
+        "--disable-runtime-dependency-installation",
+        "--host", "127.0.0.1", "--port", str(port), "--log-file", str(log_file),
+    ]
+    run_cmd = [
+        str(bindir / "flwr"), "run", str(app), CONNECTION, "--stream",
+        "--federation-config", f"num-supernodes={k}",
+    ]
+    if overrides:
+        run_cmd += ["--run-config", f"overrides={overrides!r}"]
+    superlink = subprocess.Popen(superlink_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    print(f"pfms-run: SuperLink pid {superlink.pid} on 127.0.0.1:{port} (FLWR_HOME={flwr_home})", flush=True)
+    code = 1
+    try:
+        wait_for_port(port, superlink, args.startup_timeout, log_file)
+        code = subprocess.call(run_cmd, env=env)
+    except KeyboardInterrupt:
+        code = 130
+    except RuntimeError as exc:
+        print(f"pfms-run: {exc}", file=sys.stderr)
+    finally:
+        stop_tree(superlink)
+        if not args.keep_flwr_home and not args.flwr_home:
+            shutil.rmtree(flwr_home, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""PF-MSMTrec as a Flower strategy (Message API).
+
+The strategy only orchestrates: it learns which scenario each node serves (a
+``query`` message, so node ids may change across restarts), sends every node its
+own personalized tensors, checks the replies, and hands the valid ones to the
+pure ``aggregate_round``. All math lives in conflict/personalize/towers/fedavg.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from . import report
+from .round import AggregationConfig, aggregate_round, hyperparams
+from .state import Arrays, ServerState
+from .validate import count_problems, upload_problems
+
+
+def to_record(arrays: Arrays) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> Arrays:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+class PFMSMTrec(Strategy):
+    """Personalized federated multi-scenario multi-task aggregation."""
+
+    # pylint: disable=too-many-arguments,too-many-instance-attributes
+    def __init__(
+        self,
+        agg: AggregationConfig,
+        scenarios: list[str],
+        *,
+        num_rounds: int,
+        min_available_nodes: int | None = None,
+        min_train_nodes: int = 1,
+        fraction_train: float = 1.0,
+        eval_every: int = 1,
+        eval_splits: Iterable[str] = ("val", "test"),
+        run_dir: Path | None = None,
+        round_timeout: float = 3600.0,
+        state: ServerState | None = None,
+    ) -> None:
+        bad = [s for s in scenarios if "/" in s or not s]
+        if bad or len(set(scenarios)) != len(scenarios):
+            raise ValueError(f"scenario ids must be unique, non-empty and without '/': {scenarios}")
+        self.agg = agg
+        self.scenarios = list(scenarios)
+        self.num_rounds = num_rounds
+        self.min_available_nodes = min_available_nodes or len(scenarios)
+        self.min_train_nodes = max(1, min_train_nodes)
+        self.fraction_train = fraction_train
+        self.eval_every = max(1, eval_every)
+        self.eval_splits = list(eval_splits)
+        self.run_dir = run_dir
+        self.round_timeout = round_timeout
+        self.state = state or ServerState()
+        self.node_scenario: dict[int, str] = {}
+        self.sent: dict[int, tuple[str, Arrays]] = {}
+        self.rows: list[dict] = []
+        self.train_log: list[dict] = []
+
+    # -- helpers -------------------------------------------------------------------
+    def summary(self) -> None:
+        log(INFO, "\t├──> PF-MSMTrec over scenarios %s", self.scenarios)
+        log(INFO, "\t├── conflict: %s (c=%.2f) | alpha: %s | towers: %s | FedBN: %s",
+            self.agg.conflict, self.agg.c, self.agg.alpha_mode, self.agg.tower_mode, self.agg.fedbn)
+        log(INFO, "\t└── nodes: min available %d, min train %d", self.min_available_nodes, self.min_train_nodes)
+
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.round_timeout
+        while len(nodes := sorted(grid.get_node_ids())) < self.min_available_nodes:
+            if time.monotonic() > deadline:
+                log(WARNING, "only %d of %d nodes connected; going on", len(nodes), self.min_available_nodes)
+                break
+            log(INFO, "Waiting for nodes: %d connected (need %d)", len(nodes), self.min_available_nodes)
+            time.sleep(1.0)
+        return nodes
+
+    def _resolve(self, grid: Grid, nodes: list[int]) -> dict[int, str]:
+        """Ask unknown nodes which scenario they serve (and, once, for the initial tensors)."""
+        unknown = [n for n in nodes if n not in self.node_scenario]
+        if unknown:
+            want_init = self.state.init is None
+            queries = [
+                Message(RecordDict({"config": ConfigRecord({"want-init": want_init})}),
+                        message_type=MessageType.QUERY, dst_node_id=n)
+                for n in unknown
+            ]
+            for reply in grid.send_and_receive(queries, timeout=self.round_timeout):
+                node = reply.metadata.src_node_id
+                if reply.has_error():
+                    log(WARNING, "node %d did not say its scenario: %s", node, reply.error.reason)
+                    continue
+                scenario = str(reply.content["meta"]["scenario"])
+                if scenario not in self.scenarios:
+                    log(WARNING, "node %d serves unknown scenario %r; ignored", node, scenario)
+                    continue
+                holder = next((n for n, s in self.node_scenario.items() if s == scenario), None)
+                if holder is not None and holder in nodes:
+                    log(WARNING, "node %d claims scenario %s already served by node %d; ignored",
+                        node, scenario, holder)
+                    continue
+                if holder is not None:
+                    del self.node_scenario[holder]  # the node restarted under a new id
+                self.node_scenario[node] = scenario
+                if self.state.init is None and "arrays" in reply.content:
+                    self.state.set_init(from_record(reply.content["arrays"]))
+                    log(INFO, "common initialisation taken from node %d (%s)", node, scenario)
+        return {n: self.node_scenario[n] for n in nodes if n in self.node_scenario}
+
+    def _messages(self, mapping: dict[int, str], message_type: str, config: dict) -> list[Message]:
+        self.sent = {}
+        out = []
+        for node, scenario in sorted(mapping.items(), key=lambda kv: kv[1]):
+            arrays = self.state.arrays_for(scenario)
+            self.sent[node] = (scenario, arrays)
+            content = RecordDict({"arrays": to_record(arrays), "config": ConfigRecord(dict(config))})
+            out.append(Message(content, message_type=message_type, dst_node_id=node))
+        return out
+
+    # -- training ------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = self._wait_for_nodes(grid)
+        if self.fraction_train < 1.0:
+            rng = np.random.default_rng(self.agg.seed + server_round)
+            size = max(self.min_train_nodes, int(round(len(nodes) * self.fraction_train)))
+            nodes = sorted(rng.choice(nodes, size=min(size, len(nodes)), replace=False).tolist())
+        mapping = self._resolve(grid, nodes)
+        if self.state.init is None:
+            log(WARNING, "round %d: no node returned initial tensors; nothing to train", server_round)
+            return []
+        log(INFO, "configure_train: %d nodes (%s)", len(mapping), ", ".join(sorted(mapping.values())))
+        return self._messages(mapping, MessageType.TRAIN, {**dict(config), "server-round": server_round})
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        uploads: dict[str, Arrays] = {}
+        counts: dict[str, int] = {}
+        metrics: dict[str, dict] = {}
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                log(WARNING, "round %d: node %d failed: %s", server_round, node, msg.error.reason)
+                continue
+            if node not in self.sent:
+                log(WARNING, "round %d: reply from node %d that was not sent work; dropped", server_round, node)
+                continue
+            scenario, expected = self.sent[node]
+            problems = self._reply_problems(msg, scenario, expected)
+            if problems:
+                log(WARNING, "round %d: dropping reply of node %d (%s): %s",
+                    server_round, node, scenario, "; ".join(problems[:5]))
+                continue
+            uploads[scenario] = from_record(msg.content["arrays"])
+            counts[scenario] = int(msg.content["metrics"]["num-examples"])
+            metrics[scenario] = dict(msg.content["metrics"])
+        if len(uploads) < self.min_train_nodes:
+            log(WARNING, "round %d: %d valid replies < min_train_nodes=%d; state unchanged",
+                server_round, len(uploads), self.min_train_nodes)
+            self.state.round = server_round
+            return None, None
+        self.state = aggregate_round(self.state, uploads, counts, self.agg)
+        self.state.round = server_round
+        for scenario, hp in hyperparams(self.state).items():
+            if scenario in uploads:
+                m = metrics[scenario]
+                log(INFO, "  %-10s n=%-7d bce=%.4f  %.0f samples/s  alpha=%s  beta=%s", scenario,
+                    counts[scenario], m.get("train_bce", float("nan")), m.get("samples_per_s", 0.0),
+                    np.round(hp["alpha"], 4).tolist(),
+                    "-" if hp["beta_mean"] is None else f"{hp['beta_mean']:.4f}")
+                self.train_log.append({"round": server_round, "scenario": scenario, **hp,
+                                       "train_bce": m.get("train_bce"), "num_examples": counts[scenario]})
+        if self.run_dir is not None:
+            self.state.save(self.run_dir / "server_state")
+        total = sum(counts.values())
+        mean_bce = sum(metrics[s].get("train_bce", 0.0) * counts[s] for s in uploads) / total
+        return to_record(self.state.global_arrays), MetricRecord({"train_bce": mean_bce, "clients": len(uploads)})
+
+    def _reply_problems(self, msg: Message, scenario: str, expected: Arrays) -> list[str]:
+        content = msg.content
+        if "arrays" not in content or "metrics" not in content or "meta" not in content:
+            return ["reply lacks arrays, metrics or meta"]
+        claimed = str(content["meta"].get("scenario", ""))
+        if claimed != scenario:
+            return [f"reply says scenario {claimed!r}, node serves {scenario!r}"]
+        problems = upload_problems(from_record(content["arrays"]), expected)
+        if (p := count_problems(content["metrics"].get("num-examples"))) is not None:
+            problems.append(p)
+        return problems
+
+    # -- evaluation ----------------------------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        final = server_round == self.num_rounds
+        if server_round % self.eval_every and not final:
+            return []
+        if self.state.init is None:
+            return []
+        mapping = self._resolve(grid, sorted(grid.get_node_ids()))
+        cfg = {**dict(config), "server-round": server_round, "splits": self.eval_splits}
+        if final and self.run_dir is not None:
+            cfg["checkpoint-dir"] = str(self.run_dir / "checkpoints")
+        return self._messages(mapping, MessageType.EVALUATE, cfg)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        rows: list[dict] = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                log(WARNING, "round %d: evaluation failed on node %d: %s", server_round, node, msg.error.reason)
+                continue
+            scenario = self.sent.get(node, (None,))[0]
+            if scenario is None or str(msg.content["meta"].get("scenario", "")) != scenario:
+                log(WARNING, "round %d: evaluation reply of node %d does not match its scenario", server_round, node)
+                continue
+            rows += report.rows_from_metrics(server_round, scenario, dict(msg.content["metrics"]))
+        if not rows:
+            return None
+        self.rows += rows
+        if self.run_dir is not None:
+            report.append_csv(self.run_dir / "metrics.csv", rows)
+        for split in self.eval_splits:
+            lines = report.round_table(rows, split)
+            if len(lines) > 1:
+                log(INFO, "Round %d, %s split:", server_round, split)
+                for line in lines:
+                    log(INFO, "  %s", line)
+        out: dict[str, float] = {}
+        for split in self.eval_splits:
+            for metric in ("auc", "logloss"):
+                value = report.mean_of([r for r in rows if r["split"] == split], metric)
+                if not np.isnan(value):
+                    out[f"{split}.mean.{metric}"] = value
+        return MetricRecord(out)

@@ -1,0 +1,62 @@
+"""Shared fixtures: Flower's TaskIdentity for Messages built outside a runtime, and
+a small generated synthetic dataset reused by the in-process runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def task_identity():
+    """A Message created outside a Flower runtime needs a run/node/task identity."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
+    yield TaskIdentity
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+@pytest.fixture(scope="session")
+def pfms_home(tmp_path_factory) -> Path:
+    """PFMS_HOME for the whole session: generated data is made once and reused."""
+    home = tmp_path_factory.mktemp("pfms_home")
+    os.environ["PFMS_HOME"] = str(home)
+    return home
+
+
+def inprocess_overrides(home: Path, *extra: str) -> list[str]:
+    """Small, fast settings shared by the in-process federated tests."""
+    return [f"paths.home={home}", *SMALL_DATA, *extra]
+
+
+# Data small enough for a fast suite, large enough that the planted signal is learnable.
+SMALL_DATA = [
+    "dataset.generator.rows_train=12000",
+    "dataset.generator.rows_test=4000",
+    "train.batch_size=256",
+    "train.local_epochs=2",
+]
+
+
+def run_inprocess(overrides: list[str], run_dir: Path, grid_factory=None):
+    """Run the ServerApp logic against the ClientApp in this process."""
+    from pfms_client.client_app import app as client_app
+    from pfms_client.config import load_config
+    from pfms_server.inprocess import InProcessGrid
+    from pfms_server.server_app import run
+
+    cfg = load_config(overrides)
+    k = len(cfg.dataset.scenarios)
+    nodes = [{"partition-id": i, "num-partitions": k} for i in range(k)]
+    factory = grid_factory or InProcessGrid
+    grid = factory(client_app, nodes, {"overrides": " ".join(overrides)})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    strategy, summary = run(grid, cfg, run_dir)
+    return grid, strategy, summary

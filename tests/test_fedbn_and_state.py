@@ -1,0 +1,118 @@
+"""FedBN on the wire, and the client's local state across rounds and restarts."""
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+from conftest import inprocess_overrides, run_inprocess
+from pfms_client.client_app import Session, app as client_app, to_record
+from pfms_client.template import Group, classify
+from pfms_server.inprocess import InProcessGrid
+
+
+class RecordingGrid(InProcessGrid):
+    """Keeps the names of every tensor that crossed the wire, both directions."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.down, self.up = set(), set()
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        for m in messages:
+            for rec in m.content.array_records.values():
+                self.down.update(rec.keys())
+        replies = super().send_and_receive(messages, timeout=timeout)
+        for r in replies:
+            assert not r.has_error(), r.error.reason
+            for rec in r.content.array_records.values():
+                self.up.update(rec.keys())
+        return replies
+
+
+def _bn(names):
+    return {n for n in names if classify(n).is_bn}
+
+
+def test_no_bn_tensor_crosses_the_wire_under_fedbn(pfms_home, tmp_path):
+    grid, _, _ = run_inprocess(inprocess_overrides(pfms_home, "num_rounds=2", "eval.splits=[val]"),
+                               tmp_path / "fedbn", RecordingGrid)
+    assert grid.down and grid.up
+    assert not _bn(grid.down) and not _bn(grid.up)
+    groups = {classify(n).group for n in grid.up}
+    assert groups == {Group.GLOBAL, Group.SCENARIO, Group.TOWER}
+
+
+def test_bn_is_sent_when_fedbn_is_off(pfms_home, tmp_path):
+    """The ablation: the same check fails when FedBN is switched off."""
+    grid, _, _ = run_inprocess(
+        inprocess_overrides(pfms_home, "num_rounds=1", "strategy.fedbn=false", "eval.splits=[val]"),
+        tmp_path / "nofedbn", RecordingGrid)
+    assert _bn(grid.up) and _bn(grid.down)
+
+
+def _context(overrides, node_id=7, state_dir=None):
+    nc = {"partition-id": 1, "num-partitions": 4}
+    if state_dir:
+        nc["state-dir"] = str(state_dir)
+    return Context(run_id=5, node_id=node_id, node_config=nc, state=RecordDict(),
+                   run_config={"overrides": " ".join(overrides)})
+
+
+def _train(context, arrays, server_round):
+    msg = Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}),
+                  message_type=MessageType.TRAIN, dst_node_id=context.node_id)
+    reply = client_app(msg, context)
+    assert not reply.has_error(), reply.error.reason
+    return reply
+
+
+def _task_experts(model):
+    return {n: t.clone() for n, t in model.state_dict().items() if classify(n).group is Group.TASK}
+
+
+def test_local_state_survives_rounds_and_node_restarts(pfms_home, tmp_path, task_identity):
+    overrides = inprocess_overrides(pfms_home)
+    ctx = _context(overrides, state_dir=tmp_path / "state")
+    fresh = Session(ctx)
+    init = _task_experts(fresh.model)
+    sent = to_record(fresh.uploadable())
+
+    reply1 = _train(ctx, sent, 1)
+    after1 = Session(ctx)
+    after1.restore()
+    t1 = _task_experts(after1.model)
+    assert any(not torch.equal(t1[n], init[n]) for n in init)  # trained, kept
+    assert after1.local.rounds_trained == 1
+
+    _train(ctx, reply1.content["arrays"], 2)
+    after2 = Session(ctx)
+    after2.restore()
+    assert after2.local.rounds_trained == 2
+    t2 = _task_experts(after2.model)
+    # round 2 continued from round 1: it moved from t1, and is not a fresh start
+    assert any(not torch.equal(t2[n], t1[n]) for n in t1)
+
+    # A restarted node (new Flower node id, empty context.state) reloads its scenario's state from disk.
+    restarted = _context(overrides, node_id=99, state_dir=tmp_path / "state")
+    s = Session(restarted)
+    s.restore()
+    assert s.local.rounds_trained == 2
+    for n, t in _task_experts(s.model).items():
+        assert torch.equal(t, t2[n])
+
+
+def test_wrong_tensor_from_server_is_refused(pfms_home, task_identity):
+    ctx = _context(inprocess_overrides(pfms_home))
+    s = Session(ctx)
+    tensors = s.uploadable()
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name][..., :1]
+    msg = Message(RecordDict({"arrays": to_record(tensors), "config": ConfigRecord({"server-round": 1})}),
+                  message_type=MessageType.TRAIN, dst_node_id=7)
+    try:
+        client_app(msg, ctx)
+    except ValueError as exc:
+        assert name in str(exc) and "shape" in str(exc)
+    else:
+        raise AssertionError("a wrong shape was accepted")
+    assert s.local.load() is None  # nothing stored
