@@ -89,7 +89,8 @@ class Session:
         self.scenario = scenario_of(context, self.cfg)
         self.data = scenario_data(dataset_config(context, self.cfg), self.scenario)
         self.model: MMoE = build_model(
-            self.cfg.model, self.data.field_dims, self.data.num_numerical, len(self.data.task_names), self.cfg.seed
+            self.cfg.model, self.data.field_dims, self.data.num_numerical, len(self.data.task_names), self.cfg.seed,
+            positive_rates=self.data.positive_rates,
         )
         strat = self.cfg.strategy
         self.upload = uploaded_names(

@@ -7,6 +7,7 @@ experts of another task.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -123,15 +124,28 @@ class MMoE(nn.Module):
 
 
 def build_model(
-    model_cfg: Mapping[str, Any], field_dims: Sequence[int], num_numerical: int, num_tasks: int, seed: int
+    model_cfg: Mapping[str, Any],
+    field_dims: Sequence[int],
+    num_numerical: int,
+    num_tasks: int,
+    seed: int,
+    positive_rates: Sequence[float] | None = None,
 ) -> MMoE:
-    """Build the MMoE from ``conf/model``; the seed fixes the common initialisation."""
-    known = {"embed_dim", "template", "expert_hidden", "tower_hidden", "dropout", "bn_momentum"}
+    """Build the MMoE from ``conf/model``; the seed fixes the common initialisation.
+
+    With ``model.output_bias: prior`` each tower's output bias starts at
+    logit(positive rate): rare labels (CTCVR well under 1%) otherwise cost the
+    first rounds just to move the bias from logit(0.5).
+    """
+    known = {"embed_dim", "template", "expert_hidden", "tower_hidden", "dropout", "bn_momentum", "output_bias"}
     unknown = set(model_cfg) - known
     if unknown:
         raise ValueError(f"model config: unknown keys {sorted(unknown)}")
+    mode = str(model_cfg.get("output_bias", "zero"))
+    if mode not in ("zero", "prior"):
+        raise ValueError(f"model.output_bias={mode!r}: expected 'zero' or 'prior'")
     torch.manual_seed(seed)
-    return MMoE(
+    model = MMoE(
         field_dims=list(field_dims),
         num_numerical=num_numerical,
         template=ExpertTemplate.from_config(model_cfg["template"], num_tasks),
@@ -141,3 +155,9 @@ def build_model(
         dropout=float(model_cfg["dropout"]),
         bn_momentum=float(model_cfg["bn_momentum"]),
     )
+    if mode == "prior" and positive_rates:
+        with torch.no_grad():
+            for tower, rate in zip(model.towers, positive_rates):
+                p = min(max(float(rate), 1e-6), 1 - 1e-6)
+                tower.out.bias.fill_(math.log(p / (1 - p)))
+    return model

@@ -11,6 +11,7 @@ and stops every process it started when the run ends (or fails, or on Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -92,6 +93,20 @@ def write_flwr_config(flwr_home: Path, port: int) -> None:
     )
 
 
+def run_status(bindir: Path, env: dict[str, str]) -> int:
+    """`flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink."""
+    out = subprocess.run([str(bindir / "flwr"), "ls", CONNECTION, "--format", "json"], env=env,
+                         capture_output=True, text=True, check=False)
+    try:
+        runs = json.loads(out.stdout).get("runs", [])
+        status = str(max(runs, key=lambda r: int(r.get("run-id", 0))).get("status", ""))
+    except (ValueError, AttributeError, TypeError):
+        print(f"pfms-run: could not read the run status: {out.stdout[-500:]} {out.stderr[-500:]}", file=sys.stderr)
+        return 1
+    print(f"pfms-run: run status {status}", flush=True)
+    return 0 if "completed" in status else 1
+
+
 def num_scenarios(overrides: str) -> int:
     from pfms_client.config import load_config
 
@@ -146,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_for_port(port, superlink, args.startup_timeout, log_file)
         code = subprocess.call(run_cmd, env=env)
+        if code == 0:
+            code = run_status(bindir, env)
     except KeyboardInterrupt:
         code = 130
     except RuntimeError as exc:

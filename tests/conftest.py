@@ -36,13 +36,9 @@ def inprocess_overrides(home: Path, *extra: str) -> list[str]:
     return [f"paths.home={home}", *SMALL_DATA, *extra]
 
 
-# Data small enough for a fast suite, large enough that the planted signal is learnable.
-SMALL_DATA = [
-    "dataset.generator.rows_train=12000",
-    "dataset.generator.rows_test=4000",
-    "train.batch_size=256",
-    "train.local_epochs=2",
-]
+# The default synthetic data (4 x 20k train / 10k test rows, generated once per
+# session): small enough for a fast suite, large enough to learn the planted signal.
+SMALL_DATA: list[str] = []
 
 
 def run_inprocess(overrides: list[str], run_dir: Path, grid_factory=None):

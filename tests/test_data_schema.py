@@ -82,7 +82,7 @@ def test_inconsistent_schema_is_rejected(edit, needle):
 def test_settings_resolve_interpolations_and_paths():
     s = DatasetSettings.from_config(_dataset("synthetic", seed=7, data="/d"))
     assert s.split.seed == 7 and s.split.val_fraction == 0.1
-    assert s.train_path("NL") == Path("/d/synthetic/NL/train.csv")
+    assert s.train_path("NL") == Path("/d/synthetic/seed2024-train20000-test10000/NL/train.csv")
     a = DatasetSettings.from_config(_dataset("aliexpress"))
     assert a.test_path("FR") == Path("/data/AliExpress/AliExpress_FR/test.csv")
     t = DatasetSettings.from_config(_dataset("tenrec"))

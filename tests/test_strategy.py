@@ -1,0 +1,87 @@
+"""The Strategy's orchestration: bad replies are dropped, scenarios survive node restarts."""
+
+import logging
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message
+
+from conftest import inprocess_overrides, run_inprocess
+from pfms_server.inprocess import InProcessGrid
+
+
+class TamperingGrid(InProcessGrid):
+    """Corrupts ES's train reply in round 2 (NaN in one tensor)."""
+
+    round = 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        if messages and messages[0].metadata.message_type == "train":
+            TamperingGrid.round += 1
+            if TamperingGrid.round == 2:
+                for r in replies:
+                    if r.content["meta"]["scenario"] == "ES":
+                        arrays = r.content["arrays"]
+                        name = sorted(arrays)[0]
+                        bad = arrays[name].numpy().copy()
+                        bad.flat[0] = np.nan
+                        arrays[name] = Array(bad)
+                        self.bad_tensor = name
+        return replies
+
+
+def test_nan_reply_is_dropped_and_state_is_unchanged(pfms_home, tmp_path, caplog):
+    TamperingGrid.round = 0
+    snapshots = {}
+
+    class Snap(TamperingGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            if messages and messages[0].metadata.message_type == "train":
+                snapshots[TamperingGrid.round + 1] = {
+                    m.metadata.dst_node_id: {k: v.numpy().copy() for k, v in m.content["arrays"].items()}
+                    for m in messages}
+            return super().send_and_receive(messages, timeout=timeout)
+
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        grid, strategy, _ = run_inprocess(
+            inprocess_overrides(pfms_home, "num_rounds=3", "eval.splits=[val]"), tmp_path / "r", Snap)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("dropping reply" in m and "(ES)" in m and grid.bad_tensor in m and "NaN" in m for m in msgs), msgs
+    es_node = next(n for n, s in strategy.node_scenario.items() if s == "ES")
+    # What ES was sent in round 3 equals what it was sent in round 2, except the shared G copy.
+    r2, r3 = snapshots[2][es_node], snapshots[3][es_node]
+    for name in r2:
+        if not name.startswith("experts.global"):
+            np.testing.assert_array_equal(r2[name], r3[name], err_msg=name)
+    nl_node = next(n for n, s in strategy.node_scenario.items() if s == "NL")
+    assert any(not np.array_equal(snapshots[2][nl_node][n], snapshots[3][nl_node][n]) for n in r2)
+
+
+class RestartGrid(InProcessGrid):
+    """After round 1, the FR node goes away and comes back under a new node id."""
+
+    calls = 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        if messages and messages[0].metadata.message_type == "evaluate":
+            RestartGrid.calls += 1
+            if RestartGrid.calls == 1:
+                old = next(n for n, c in self.contexts.items() if c.node_config["partition-id"] == 2)
+                ctx = self.contexts.pop(old)
+                self.add_node(5555, dict(ctx.node_config))
+                self.contexts[5555].state = ctx.state  # the SuperNode kept its state (e.g. state-dir)
+        return replies
+
+
+def test_node_restart_keeps_scenario_state(pfms_home, tmp_path):
+    RestartGrid.calls = 0
+    _, strategy, summary = run_inprocess(
+        inprocess_overrides(pfms_home, "num_rounds=2", "eval.splits=[val]"), tmp_path / "r", RestartGrid)
+    assert strategy.node_scenario.get(5555) == "FR"
+    assert sorted(strategy.node_scenario.values()) == ["ES", "FR", "NL", "US"]
+    assert {r["scenario"] for r in summary["final"]} == {"ES", "FR", "NL", "US"}
+    assert strategy.state.round == 2
