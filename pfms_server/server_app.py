@@ -66,6 +66,15 @@ def summarize(strategy: PFMSMTrec, seconds: float) -> dict:
         rows = [r for r in final if r["split"] == split]
         out[f"{split}_mean_auc"] = report.mean_of(rows, "auc")
         out[f"{split}_mean_logloss"] = report.mean_of(rows, "logloss")
+    # Model selection on validation only: the round with the best mean val AUC.
+    rounds = sorted({r["round"] for r in strategy.rows if r["split"] == "val"})
+    if rounds and "test" in strategy.eval_splits:
+        val_auc = {k: report.mean_of([r for r in strategy.rows if r["round"] == k and r["split"] == "val"], "auc")
+                   for k in rounds}
+        best = max(rounds, key=lambda k: (-1.0 if math.isnan(val_auc[k]) else val_auc[k], -k))
+        test_rows = [r for r in strategy.rows if r["round"] == best and r["split"] == "test"]
+        out["best_val_round"] = best
+        out["best_val_round_test_mean_auc"] = report.mean_of(test_rows, "auc")
     return out
 
 
@@ -79,6 +88,9 @@ def log_summary(summary: dict, run_dir: Path | None) -> None:
     for key in sorted(k for k in summary if k.endswith("_mean_auc") or k.endswith("_mean_logloss")):
         if not math.isnan(summary[key]):
             log(INFO, "  %-22s %.4f", key, summary[key])
+    if "best_val_round" in summary:
+        log(INFO, "  best round by mean val AUC: %d (test mean AUC there %.4f)",
+            summary["best_val_round"], summary["best_val_round_test_mean_auc"])
     for scenario, hp in summary["hyperparams"].items():
         log(INFO, "  %-10s alpha=%s beta_mean=%s", scenario, hp["alpha"], hp["beta_mean"])
     if run_dir is not None:

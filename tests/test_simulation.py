@@ -29,6 +29,7 @@ def test_every_scenario_and_task_learns(two_runs):
         assert row["auc"] > 0.6, row
         assert 0 < row["logloss"] < 0.5, row
     assert summary["final_round"] == 3
+    assert summary["best_val_round"] in (1, 2, 3) and summary["best_val_round_test_mean_auc"] > 0.6
 
 
 def test_fixed_seeds_give_identical_metrics(two_runs):
