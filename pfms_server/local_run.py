@@ -140,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     flwr_home = Path(args.flwr_home or tempfile.mkdtemp(prefix="pfms-flwr-")).resolve()
     port = args.port or free_port()
     write_flwr_config(flwr_home, port)
+    # The SuperLink starts flower-superexec, flwr-serverapp, flwr-simulation by name:
+    # put this environment's bin first so an un-activated venv works too.
     env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "PATH": os.pathsep.join([str(bindir), os.environ.get("PATH", "")])}
     log_file = flwr_home / "superlink.log"
     superlink_cmd = [
         str(bindir / "flower-superlink"), "--insecure", "--simulation",
@@ -167,10 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     except RuntimeError as exc:
         print(f"pfms-run: {exc}", file=sys.stderr)
+        if log_file.is_file():
+            print("".join(log_file.read_text(errors="replace").splitlines(True)[-20:]), file=sys.stderr)
     finally:
         stop_tree(superlink)
-        if not args.keep_flwr_home and not args.flwr_home:
+        if code == 0 and not args.keep_flwr_home and not args.flwr_home:
             shutil.rmtree(flwr_home, ignore_errors=True)
+        elif code != 0:
+            print(f"pfms-run: logs kept in {flwr_home}", file=sys.stderr)
     return code
 
 
