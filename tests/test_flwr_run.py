@@ -30,7 +30,10 @@ def _processes_mentioning(text: str) -> list[str]:
 def test_flwr_run_completes_and_writes_the_run_folder(tmp_path):
     home = tmp_path / "home"
     flwr_home = tmp_path / "flwr"
-    env = {**os.environ, "PFMS_HOME": str(home)}
+    # As a new user runs it: the venv is not activated, its bin is not on PATH.
+    venv_bin = Path(sys.executable).parent.resolve()
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p).resolve() != venv_bin)
+    env = {**os.environ, "PFMS_HOME": str(home), "PATH": path}
     cmd = [sys.executable, "-m", "pfms_server.local_run", "--app", str(REPO), "--flwr-home", str(flwr_home),
            "num_rounds=2", "run_name=flwr-run-test", "dataset.generator.rows_train=3000",
            "dataset.generator.rows_test=1000", "eval.splits=[test]"]
