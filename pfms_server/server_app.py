@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from logging import INFO
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
@@ -85,14 +86,15 @@ def log_summary(summary: dict, run_dir: Path | None) -> None:
     if split:
         for line in report.round_table(summary["final"], split):
             log(INFO, "  %s", line)
-    for key in sorted(k for k in summary if k.endswith("_mean_auc") or k.endswith("_mean_logloss")):
+    for key in sorted(k for k in summary if k.split("_")[0] in ("train", "val", "test") and "_mean_" in k):
         if not math.isnan(summary[key]):
             log(INFO, "  %-22s %.4f", key, summary[key])
     if "best_val_round" in summary:
         log(INFO, "  best round by mean val AUC: %d (test mean AUC there %.4f)",
             summary["best_val_round"], summary["best_val_round_test_mean_auc"])
     for scenario, hp in summary["hyperparams"].items():
-        log(INFO, "  %-10s alpha=%s beta_mean=%s", scenario, hp["alpha"], hp["beta_mean"])
+        beta = "-" if hp["beta_mean"] is None else f"{hp['beta_mean']:.4f}"
+        log(INFO, "  %-10s alpha=%s beta_mean=%s", scenario, np.round(hp["alpha"], 4).tolist(), beta)
     if run_dir is not None:
         log(INFO, "  run folder: %s", run_dir)
 
