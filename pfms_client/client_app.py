@@ -163,7 +163,8 @@ def train(msg: Message, context: Context) -> Message:
     anchor = session.load_received(msg.content["arrays"])
     server_round = int(msg.content["config"].get("server-round", 0))
     tcfg = TrainConfig.from_config(session.cfg.train)
-    anchor = {n: t for n, t in anchor.items() if n in dict(session.model.named_parameters())}
+    params = dict(session.model.named_parameters())
+    anchor = {n: t for n, t in anchor.items() if n in params}  # the proximal term covers parameters only
     torch.manual_seed(session.seed(server_round))  # dropout masks differ per round and scenario
     stats = train_local(session.model, session.data.train, anchor, tcfg, session.seed(server_round))
     session.local.save(session.model.state_dict(), session.local.rounds_trained + 1)
