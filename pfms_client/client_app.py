@@ -66,8 +66,8 @@ def scenario_of(context: Context, cfg: DictConfig) -> str:
 
 def dataset_config(context: Context, cfg: DictConfig) -> DictConfig:
     ds = OmegaConf.to_container(cfg.dataset, resolve=True)
-    if "data-path" in context.node_config:
-        ds["root"] = str(context.node_config["data-path"])
+    if "data-path" in context.node_config:  # a deployed node reads its own data, never generates it
+        ds["root"], ds["generator"] = str(context.node_config["data-path"]), None
     return OmegaConf.create(ds)
 
 

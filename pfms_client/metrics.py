@@ -6,11 +6,11 @@ import math
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import log_loss, roc_auc_score
 
 
 def task_metrics(y: np.ndarray, p: np.ndarray, task_names: Sequence[str]) -> dict[str, dict[str, float]]:
     """AUC is NaN when a split holds one class only (it is undefined there, not 0.5)."""
+    from sklearn.metrics import log_loss, roc_auc_score  # lazily: 1.5 s of import a train message never needs
     if y.shape != p.shape or y.ndim != 2 or y.shape[1] != len(task_names):
         raise ValueError(f"labels {y.shape} and predictions {p.shape} do not match {len(task_names)} tasks")
     out: dict[str, dict[str, float]] = {}

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,13 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from .procs import bin_dir, flower_env, free_port, stop_tree
+
 CONNECTION = "pfms-local"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, log_file: Path) -> None:
@@ -41,48 +35,6 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, log_file: P
                 return
         time.sleep(0.2)
     raise RuntimeError(f"flower-superlink did not open port {port} within {timeout:.0f}s; see {log_file}")
-
-
-def descendants(pid: int) -> list[int]:
-    """All live descendants of pid (from /proc), so none survives the run."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def stop_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process and its descendants, then SIGKILL what is left."""
-    pids = [proc.pid, *descendants(proc.pid)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and not _zombie(p) for p in pids):
-            proc.poll()
-            time.sleep(0.1)
-    proc.wait(timeout=5)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def write_flwr_config(flwr_home: Path, port: int) -> None:
@@ -136,15 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (app / "pyproject.toml").is_file():
         print(f"pfms-run: {app} is not a Flower app (no pyproject.toml)", file=sys.stderr)
         return 2
-    bindir = Path(sys.executable).parent
+    bindir = bin_dir()
     flwr_home = Path(args.flwr_home or tempfile.mkdtemp(prefix="pfms-flwr-")).resolve()
     port = args.port or free_port()
     write_flwr_config(flwr_home, port)
     # The SuperLink starts flower-superexec, flwr-serverapp, flwr-simulation by name:
-    # put this environment's bin first so an un-activated venv works too.
-    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "PATH": os.pathsep.join([str(bindir), os.environ.get("PATH", "")])}
+    # flower_env puts this environment's bin first so an un-activated venv works too.
+    env = flower_env({"FLWR_HOME": str(flwr_home)})
     log_file = flwr_home / "superlink.log"
     superlink_cmd = [
         str(bindir / "flower-superlink"), "--insecure", "--simulation",

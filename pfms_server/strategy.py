@@ -98,6 +98,7 @@ class PFMSMTrec(Strategy):
                         message_type=MessageType.QUERY, dst_node_id=n)
                 for n in unknown
             ]
+            candidates: dict[str, tuple[int, Arrays]] = {}
             for reply in grid.send_and_receive(queries, timeout=self.round_timeout):
                 node = reply.metadata.src_node_id
                 if reply.has_error():
@@ -116,8 +117,14 @@ class PFMSMTrec(Strategy):
                     del self.node_scenario[holder]  # the node restarted under a new id
                 self.node_scenario[node] = scenario
                 if self.state.init is None and "arrays" in reply.content:
-                    self.state.set_init(from_record(reply.content["arrays"]))
-                    log(INFO, "common initialisation taken from node %d (%s)", node, scenario)
+                    candidates[scenario] = (node, from_record(reply.content["arrays"]))
+            if self.state.init is None and candidates:
+                # The first scenario in dataset order, not the first reply: reply order
+                # depends on the network, and the initialisation must not.
+                scenario = min(candidates, key=self.scenarios.index)
+                node, arrays = candidates[scenario]
+                self.state.set_init(arrays)
+                log(INFO, "common initialisation taken from node %d (%s)", node, scenario)
         return {n: self.node_scenario[n] for n in nodes if n in self.node_scenario}
 
     def _messages(self, mapping: dict[int, str], message_type: str, config: dict) -> list[Message]:

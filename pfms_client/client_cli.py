@@ -1,0 +1,104 @@
+"""``pfms-client``: a Flower SuperNode bound to one scenario's private data.
+
+Before connecting it validates the data folder with the same schema the run
+will use (a bad CSV fails here, naming file, line and column), checks the
+certificate files and that the SuperLink answers; then it runs
+``flower-supernode`` with node config ``scenario``, ``data-path`` and
+``state-dir`` so the ClientApp serves that scenario and keeps its local model
+state on disk across restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pfms_server.procs import bin_dir, flower_env, free_port, parse_address, reachable, run_foreground
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pfms-client", description=__doc__.splitlines()[0])
+    p.add_argument("--scenario", required=True, help="scenario id this node serves (must be in dataset.scenarios)")
+    p.add_argument("--data", required=True, help="dataset root: holds this scenario's folder (or file)")
+    p.add_argument("--superlink", required=True, help="SuperLink address HOST:PORT")
+    p.add_argument("--root-certificates", default="certs/ca.crt",
+                   help="CA certificate that signed the SuperLink's certificate (default: certs/ca.crt)")
+    p.add_argument("--insecure", action="store_true", help="plain HTTP, no TLS: local experiments only")
+    p.add_argument("--auth-key", default=None,
+                   help="this SuperNode's private key (OpenSSH, EC) when the SuperLink requires node authentication")
+    p.add_argument("--state-dir", default=None,
+                   help="keep the scenario's local model state here so it survives a node restart")
+    p.add_argument("--checkpoint-dir", default=None, help="write the final personalized model here")
+    p.add_argument("--overrides", default="",
+                   help="Hydra overrides the run will use for the dataset (e.g. 'dataset=tenrec'), for validation")
+    p.add_argument("--runtime-port", type=int, default=0,
+                   help="local port of the SuperNode's ClientApp runtime (default: a free one)")
+    p.add_argument("--connect-timeout", type=float, default=30.0,
+                   help="seconds to wait for the SuperLink to answer before giving up (default: 30)")
+    p.add_argument("--flwr-home", default=None, help="FLWR_HOME for the SuperNode (default: Flower's)")
+    return p
+
+
+def validate_data(scenario: str, data: Path, overrides: str) -> None:
+    """Load the scenario exactly as the ClientApp will; raises on any problem."""
+    from omegaconf import OmegaConf
+
+    from .config import load_config
+    from .data import load_scenario
+
+    cfg = load_config(overrides)
+    ds = OmegaConf.to_container(cfg.dataset, resolve=True)
+    if scenario not in ds["scenarios"]:
+        raise ValueError(f"scenario {scenario!r} is not in dataset.scenarios {ds['scenarios']}")
+    ds["root"], ds["generator"] = str(data), None  # a deployed node never generates data
+    data_ = load_scenario(OmegaConf.create(ds), scenario)
+    print(f"pfms-client: {scenario}: {len(data_.train)} train / {len(data_.val)} val / {len(data_.test)} test rows OK",
+          flush=True)
+
+
+def node_config(args: argparse.Namespace, data: Path) -> str:
+    items = {"scenario": args.scenario, "data-path": str(data)}
+    if args.state_dir:
+        items["state-dir"] = str(Path(args.state_dir).resolve())
+    if args.checkpoint_dir:
+        items["checkpoint-dir"] = str(Path(args.checkpoint_dir).resolve())
+    for key, value in items.items():
+        if any(c in value for c in "\"' "):
+            raise ValueError(f"{key} {value!r}: quotes and spaces are not supported in node config values")
+    return " ".join(f'{k}="{v}"' for k, v in items.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        host, port = parse_address(args.superlink)
+        data = Path(args.data).resolve()
+        if not data.is_dir():
+            raise ValueError(f"--data {data} is not a folder")
+        if not args.insecure and not Path(args.root_certificates).is_file():
+            raise ValueError(f"missing certificate {args.root_certificates} (or pass --insecure)")
+        if args.auth_key and not Path(args.auth_key).is_file():
+            raise ValueError(f"missing node key {args.auth_key}")
+        validate_data(args.scenario, data, args.overrides)
+        config = node_config(args, data)
+    except ValueError as exc:  # DataValidationError and ConfigError are ValueErrors
+        print(f"pfms-client: {exc}", file=sys.stderr)
+        return 2
+    if not reachable(host, port, args.connect_timeout):
+        print(f"pfms-client: no SuperLink answers at {host}:{port} (waited {args.connect_timeout:.0f}s)",
+              file=sys.stderr)
+        return 3
+    if args.insecure:
+        print("pfms-client: WARNING --insecure: traffic to the SuperLink is unencrypted", file=sys.stderr)
+    cmd = [str(bin_dir() / "flower-supernode"), "--superlink", args.superlink, "--node-config", config,
+           "--isolation", "subprocess", "--port", str(args.runtime_port or free_port())]
+    cmd += ["--insecure"] if args.insecure else ["--root-certificates", str(Path(args.root_certificates).resolve())]
+    if args.auth_key:
+        cmd += ["--auth-supernode-private-key", str(Path(args.auth_key).resolve())]
+    env = flower_env({"FLWR_HOME": str(Path(args.flwr_home).resolve())} if args.flwr_home else None)
+    return run_foreground(cmd, env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
