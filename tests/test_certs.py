@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import signal
-import socket
 import ssl
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from pfms_server import certs
+from pfms_server.procs import bin_dir, flower_env, free_port, stop_tree
 
 NODES = ["NL", "ES"]
 
@@ -162,58 +160,13 @@ def test_help_documents_every_option(capsys):
 
 # --- a real SuperLink serving TLS with these files ---------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _children(pid: int) -> list[int]:
-    """All descendants, from /proc (the SuperLink starts flower-superexec in its own session)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = parents.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the SuperLink (it stops its flower-superexec), then SIGKILL whatever is left."""
-    try:
-        pids = _children(proc.pid)
-    finally:
-        proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-    for pid in pids:  # normally gone already; re-check the command line against pid reuse
-        try:
-            if any(s in Path(f"/proc/{pid}/cmdline").read_bytes() for s in (b"flower-", b"flwr")):
-                os.kill(pid, signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
-
-
 @pytest.mark.slow
 def test_real_superlink_serves_tls_with_these_certs(certs_dir, tmp_path):
-    bindir = Path(sys.executable).parent
-    port = _free_port()
+    bindir = bin_dir()
+    port = free_port()
     flwr_home = tmp_path / "flwr"
     flwr_home.mkdir()
-    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "PATH": os.pathsep.join([str(bindir), os.environ.get("PATH", "")])}
+    env = flower_env({"FLWR_HOME": str(flwr_home)})
     cmd = [str(bindir / "flower-superlink"), "--ssl-ca-certfile", str(certs_dir / "ca.crt"),
            "--ssl-certfile", str(certs_dir / "server.crt"), "--ssl-keyfile", str(certs_dir / "server.key"),
            "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation",
@@ -250,4 +203,4 @@ def test_real_superlink_serves_tls_with_these_certs(certs_dir, tmp_path):
         assert reg.returncode == 0, reg.stdout + reg.stderr
         assert "registered successfully" in reg.stdout
     finally:
-        _stop(proc)
+        stop_tree(proc)
