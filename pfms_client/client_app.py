@@ -82,7 +82,7 @@ def scenario_data(ds_cfg: DictConfig, scenario: str) -> ScenarioData:
 class Session:
     """One message's view of the scenario: config, data, model with local state."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, msg: Message | None = None) -> None:
         self.cfg = run_config(context)
         if self.cfg.train.num_threads:
             torch.set_num_threads(int(self.cfg.train.num_threads))
@@ -97,8 +97,10 @@ class Session:
             self.model.state_dict().keys(), fedbn=bool(strat.fedbn), tower_mode=str(strat.towers.mode)
         )
         state_dir = context.node_config.get("state-dir")
-        if state_dir:
-            state_dir = str(Path(str(state_dir)) / str(context.run_id))
+        if state_dir:  # per run; the run key stays the same when the server resumes a run
+            config = msg.content.get("config") if msg is not None else None
+            run_key = config.get("run-key") if config is not None else None
+            state_dir = str(Path(str(state_dir)) / str(run_key or context.run_id))
         self.local = LocalState(context.state, self.scenario, state_dir)
 
     def restore(self) -> None:
@@ -149,7 +151,7 @@ def meta(session: Session) -> ConfigRecord:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Report the scenario id; on request also the common initial uploadable tensors."""
-    session = Session(context)
+    session = Session(context, msg)
     content = RecordDict({"meta": meta(session)})
     if bool(msg.content["config"].get("want-init", False)):
         content["arrays"] = to_record(session.uploadable())
@@ -158,7 +160,7 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    session = Session(context)
+    session = Session(context, msg)
     session.restore()
     anchor = session.load_received(msg.content["arrays"])
     server_round = int(msg.content["config"].get("server-round", 0))
@@ -177,7 +179,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
-    session = Session(context)
+    session = Session(context, msg)
     session.restore()
     session.load_received(msg.content["arrays"])
     config = msg.content["config"]

@@ -38,6 +38,24 @@ def append_csv(path: Path, rows: Iterable[dict]) -> None:
         writer.writerows(rows)
 
 
+def read_csv(path: Path, up_to_round: int | None = None) -> list[dict]:
+    """Rows of metrics.csv with their types back (a resumed run continues the table)."""
+    with path.open(newline="") as fh:
+        rows = [
+            {"round": int(r["round"]), "scenario": r["scenario"], "task": r["task"], "split": r["split"],
+             "auc": float(r["auc"]), "logloss": float(r["logloss"]), "n": int(r["n"])}
+            for r in csv.DictReader(fh)
+        ]
+    return [r for r in rows if up_to_round is None or r["round"] <= up_to_round]
+
+
+def write_csv(path: Path, rows: Iterable[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    append_csv(tmp, rows)
+    tmp.replace(path)
+
+
 def fmt(x: float) -> str:
     return "   nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 

@@ -25,6 +25,7 @@ from pfms_client.config import load_config
 
 from . import report
 from .round import AggregationConfig, hyperparams
+from .state import ServerState
 from .strategy import PFMSMTrec
 
 app = ServerApp()
@@ -41,7 +42,7 @@ def make_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def build_strategy(cfg: DictConfig, run_dir: Path | None) -> PFMSMTrec:
+def build_strategy(cfg: DictConfig, run_dir: Path | None, state: ServerState | None = None) -> PFMSMTrec:
     part = cfg.strategy.participation
     return PFMSMTrec(
         AggregationConfig.from_config(cfg.strategy, seed=int(cfg.seed)),
@@ -54,6 +55,7 @@ def build_strategy(cfg: DictConfig, run_dir: Path | None) -> PFMSMTrec:
         eval_splits=[str(s) for s in cfg.eval.splits],
         run_dir=run_dir,
         round_timeout=float(cfg.server.round_timeout),
+        state=state,
     )
 
 
@@ -99,13 +101,40 @@ def log_summary(summary: dict, run_dir: Path | None) -> None:
         log(INFO, "  run folder: %s", run_dir)
 
 
+def resume_state(run_dir: Path) -> ServerState:
+    """The checkpoint of an earlier run folder; a clear error when there is none."""
+    state_dir = run_dir / "server_state"
+    if not (state_dir / "state.json").is_file():
+        raise ValueError(f"resume={run_dir}: no server checkpoint at {state_dir}")
+    return ServerState.load(state_dir)
+
+
 def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None) -> tuple[PFMSMTrec, dict]:
-    """Everything the ServerApp does, callable with any Grid (tests use an in-process one)."""
-    run_dir = run_dir or make_run_dir(cfg)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
-    strategy = build_strategy(cfg, run_dir)
+    """Everything the ServerApp does, callable with any Grid (tests use an in-process one).
+
+    With ``resume=<run folder>`` the run continues in that folder from the round
+    after its last checkpoint, with the saved alpha, beta and personalized tensors.
+    """
+    state = None
+    if cfg.resume:
+        run_dir = Path(str(cfg.resume)).expanduser()
+        state = resume_state(run_dir)
+        OmegaConf.save(cfg, run_dir / f"config.resume-{state.round}.yaml")
+        log(INFO, "resuming %s after round %d", run_dir, state.round)
+    else:
+        run_dir = run_dir or make_run_dir(cfg)
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+    strategy = build_strategy(cfg, run_dir, state)
+    if state is not None and (run_dir / "metrics.csv").is_file():
+        strategy.rows = report.read_csv(run_dir / "metrics.csv", up_to_round=state.round)
+        report.write_csv(run_dir / "metrics.csv", strategy.rows)  # drop rows of an unfinished round
+    if state is not None and (run_dir / "train_log.json").is_file():
+        old = json.loads((run_dir / "train_log.json").read_text())
+        strategy.train_log = [r for r in old if int(r["round"]) <= state.round]
     t0 = time.perf_counter()
-    strategy.start(grid, ArrayRecord(), num_rounds=int(cfg.num_rounds), timeout=float(cfg.server.round_timeout))
+    remaining = int(cfg.num_rounds) - strategy.round_offset
+    if remaining > 0:
+        strategy.start(grid, ArrayRecord(), num_rounds=remaining, timeout=float(cfg.server.round_timeout))
     summary = summarize(strategy, time.perf_counter() - t0)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (run_dir / "train_log.json").write_text(json.dumps(strategy.train_log, indent=1, default=str))

@@ -66,6 +66,9 @@ class PFMSMTrec(Strategy):
         self.run_dir = run_dir
         self.round_timeout = round_timeout
         self.state = state or ServerState()
+        # Flower's start() numbers rounds from 1; a resumed run goes on from the
+        # checkpoint's round, so every hook adds this offset.
+        self.round_offset = self.state.round
         self.node_scenario: dict[int, str] = {}
         self.sent: dict[int, tuple[str, Arrays]] = {}
         self.rows: list[dict] = []
@@ -133,7 +136,10 @@ class PFMSMTrec(Strategy):
         for node, scenario in sorted(mapping.items(), key=lambda kv: kv[1]):
             arrays = self.state.arrays_for(scenario)
             self.sent[node] = (scenario, arrays)
-            content = RecordDict({"arrays": to_record(arrays), "config": ConfigRecord(dict(config))})
+            cfg = dict(config)
+            if self.run_dir is not None:
+                cfg["run-key"] = self.run_dir.name
+            content = RecordDict({"arrays": to_record(arrays), "config": ConfigRecord(cfg)})
             out.append(Message(content, message_type=message_type, dst_node_id=node))
         return out
 
@@ -141,6 +147,7 @@ class PFMSMTrec(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         nodes = self._wait_for_nodes(grid)
         if self.fraction_train < 1.0:
             rng = np.random.default_rng(self.agg.seed + server_round)
@@ -156,6 +163,7 @@ class PFMSMTrec(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         uploads: dict[str, Arrays] = {}
         counts: dict[str, int] = {}
         metrics: dict[str, dict] = {}
@@ -214,6 +222,7 @@ class PFMSMTrec(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         final = server_round == self.num_rounds
         if server_round % self.eval_every and not final:
             return []
@@ -226,6 +235,7 @@ class PFMSMTrec(Strategy):
         return self._messages(mapping, MessageType.EVALUATE, cfg)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.round_offset
         rows: list[dict] = []
         for msg in replies:
             node = msg.metadata.src_node_id

@@ -41,7 +41,7 @@ def inprocess_overrides(home: Path, *extra: str) -> list[str]:
 SMALL_DATA: list[str] = []
 
 
-def run_inprocess(overrides: list[str], run_dir: Path, grid_factory=None):
+def run_inprocess(overrides: list[str], run_dir: Path, grid_factory=None, node_extra: dict | None = None):
     """Run the ServerApp logic against the ClientApp in this process."""
     from pfms_client.client_app import app as client_app
     from pfms_client.config import load_config
@@ -50,7 +50,7 @@ def run_inprocess(overrides: list[str], run_dir: Path, grid_factory=None):
 
     cfg = load_config(overrides)
     k = len(cfg.dataset.scenarios)
-    nodes = [{"partition-id": i, "num-partitions": k} for i in range(k)]
+    nodes = [{"partition-id": i, "num-partitions": k, **(node_extra or {})} for i in range(k)]
     factory = grid_factory or InProcessGrid
     grid = factory(client_app, nodes, {"overrides": " ".join(overrides)})
     run_dir.mkdir(parents=True, exist_ok=True)
