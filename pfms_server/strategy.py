@@ -167,6 +167,7 @@ class PFMSMTrec(Strategy):
         uploads: dict[str, Arrays] = {}
         counts: dict[str, int] = {}
         metrics: dict[str, dict] = {}
+        dropped: list[str] = []
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -180,10 +181,14 @@ class PFMSMTrec(Strategy):
             if problems:
                 log(WARNING, "round %d: dropping reply of node %d (%s): %s",
                     server_round, node, scenario, "; ".join(problems[:5]))
+                dropped.append(scenario)
                 continue
             uploads[scenario] = from_record(msg.content["arrays"])
             counts[scenario] = int(msg.content["metrics"]["num-examples"])
             metrics[scenario] = dict(msg.content["metrics"])
+        silent = sorted({sc for sc, _ in self.sent.values()} - set(uploads) - set(dropped))
+        if silent:
+            log(WARNING, "round %d: no usable reply from %s", server_round, ", ".join(silent))
         if len(uploads) < self.min_train_nodes:
             log(WARNING, "round %d: %d valid replies < min_train_nodes=%d; state unchanged",
                 server_round, len(uploads), self.min_train_nodes)

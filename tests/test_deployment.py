@@ -7,13 +7,16 @@ talks over Flower's Fleet API on HTTPS, and is stopped by pid at the end.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import run_inprocess
 from pfms_client.data.generator import generate
@@ -67,14 +70,15 @@ def deployment(tmp_path_factory):
         for s in SCENARIOS:  # enrol the four scenario nodes, not the intruder
             reg = _flwr("supernode", "register", str(certs / "supernodes" / f"{s}.pub"), "deploy", env=env)
             assert reg.returncode == 0, reg.stdout + reg.stderr
-        clients = {}
-        for s in [*SCENARIOS, "intruder"]:
+        def start_client(s: str, log_name: str | None = None) -> subprocess.Popen:
             scenario = "NL" if s == "intruder" else s
-            clients[s] = start(s, "-m", "pfms_client.client_cli", "--scenario", scenario, "--data", str(data),
-                               "--superlink", f"127.0.0.1:{port}", "--root-certificates", str(certs / "ca.crt"),
-                               "--auth-key", str(certs / "supernodes" / f"{s}.key"),
-                               "--state-dir", str(root / "state" / s), "--flwr-home", str(root / f"flwr-{s}"))
-        yield {"root": root, "env": env, "logs": logs, "clients": clients, "port": port}
+            return start(log_name or s, "-m", "pfms_client.client_cli", "--scenario", scenario, "--data", str(data),
+                         "--superlink", f"127.0.0.1:{port}", "--root-certificates", str(certs / "ca.crt"),
+                         "--auth-key", str(certs / "supernodes" / f"{s}.key"),
+                         "--state-dir", str(root / "state" / s), "--flwr-home", str(root / f"flwr-{s}"))
+
+        clients = {s: start_client(s) for s in [*SCENARIOS, "intruder"]}
+        yield {"root": root, "env": env, "logs": logs, "clients": clients, "port": port, "start_client": start_client}
     finally:
         for proc in reversed(procs):
             stop_tree(proc)
@@ -115,3 +119,46 @@ def test_tls_auth_deployment_matches_inprocess_and_refuses_unenrolled_node(deplo
     assert "claims scenario NL" not in run.stdout
     assert "Failed to activate SuperNode" in intruder_log, intruder_log[-2000:]
     assert deployment["clients"]["intruder"].poll() not in (None, 0)  # it gave up and exited non-zero
+
+
+@pytest.mark.slow
+def test_killed_supernode_round_completes_and_node_rejoins_with_its_state(deployment):
+    """FR's SuperNode dies in round 2: round 2 aggregates the other three, FR comes back
+    (a new process, a new Flower node id) and trains round 3 from its own saved state."""
+    env, root = deployment["env"], deployment["root"]
+    overrides = " ".join([*RUN, "num_rounds=3", "run_name=faults", "strategy.participation.min_train_nodes=3",
+                          "server.round_timeout=120"])
+    run = subprocess.Popen([str(Path(sys.executable).parent / "flwr"), "run", str(REPO), "deploy", "--stream",
+                            "--run-config", f"overrides='{overrides}'"],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(600, run.kill)  # never hang the suite
+    watchdog.start()
+    out, killed, restarted = [], False, False
+    try:
+        for line in run.stdout:
+            out.append(line)
+            if not killed and "[ROUND 2/3]" in line:
+                time.sleep(1.0)  # the round's train messages are out; FR has not replied yet
+                stop_tree(deployment["clients"]["FR"])
+                killed = True
+            if killed and not restarted and "Round 2, test split" in line:
+                deployment["clients"]["FR"] = deployment["start_client"]("FR", "FR-restarted")
+                restarted = True
+        run.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+    log = "".join(out)
+    assert run.returncode == 0 and killed and restarted, log[-3000:]
+    assert "finished:completed" in _flwr("ls", "deploy", "--format", "json", env=env).stdout
+
+    run_dir = root / "home" / "runs" / "faults"
+    trained = json.loads((run_dir / "train_log.json").read_text())
+    rounds = {s: sorted(r["round"] for r in trained if r["scenario"] == s) for s in SCENARIOS}
+    assert rounds == {"NL": [1, 2, 3], "ES": [1, 2, 3], "FR": [1, 3], "US": [1, 2, 3]}, rounds
+    assert "round 2: no usable reply from FR" in log
+    with (run_dir / "metrics.csv").open() as fh:
+        fr_rounds = sorted({int(r["round"]) for r in csv.DictReader(fh) if r["scenario"] == "FR"})
+    assert fr_rounds == [1, 3]
+    # FR's local state was reloaded from disk, not rebuilt: it counts both rounds it trained.
+    saved = torch.load(root / "state" / "FR" / "faults" / "FR.pt", weights_only=True)
+    assert saved["rounds_trained"] == 2
