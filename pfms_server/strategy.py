@@ -102,6 +102,7 @@ class PFMSMTrec(Strategy):
                 for n in unknown
             ]
             candidates: dict[str, tuple[int, Arrays]] = {}
+            connected = set(grid.get_node_ids())  # not just the sampled nodes
             for reply in grid.send_and_receive(queries, timeout=self.round_timeout):
                 node = reply.metadata.src_node_id
                 if reply.has_error():
@@ -112,7 +113,7 @@ class PFMSMTrec(Strategy):
                     log(WARNING, "node %d serves unknown scenario %r; ignored", node, scenario)
                     continue
                 holder = next((n for n, s in self.node_scenario.items() if s == scenario), None)
-                if holder is not None and holder in nodes:
+                if holder is not None and holder in connected:
                     log(WARNING, "node %d claims scenario %s already served by node %d; ignored",
                         node, scenario, holder)
                     continue

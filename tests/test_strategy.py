@@ -85,3 +85,15 @@ def test_node_restart_keeps_scenario_state(pfms_home, tmp_path):
     assert sorted(strategy.node_scenario.values()) == ["ES", "FR", "NL", "US"]
     assert {r["scenario"] for r in summary["final"]} == {"ES", "FR", "NL", "US"}
     assert strategy.state.round == 2
+
+
+def test_partial_participation_trains_a_sample_and_evaluates_everybody(pfms_home, tmp_path):
+    _, strategy, summary = run_inprocess(
+        inprocess_overrides(pfms_home, "num_rounds=2", "eval.splits=[val]",
+                            "strategy.participation.fraction_train=0.5", "strategy.participation.min_train_nodes=2"),
+        tmp_path / "r")
+    per_round = {}
+    for r in strategy.train_log:
+        per_round.setdefault(r["round"], set()).add(r["scenario"])
+    assert [len(per_round[k]) for k in (1, 2)] == [2, 2]
+    assert {r["scenario"] for r in summary["final"]} == {"NL", "ES", "FR", "US"}
