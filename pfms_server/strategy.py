@@ -170,15 +170,10 @@ class PFMSMTrec(Strategy):
         metrics: dict[str, dict] = {}
         dropped: list[str] = []
         for msg in replies:
+            if (scenario := self._reply_scenario(msg, server_round, "training")) is None:
+                continue
             node = msg.metadata.src_node_id
-            if msg.has_error():
-                log(WARNING, "round %d: node %d failed: %s", server_round, node, msg.error.reason)
-                continue
-            if node not in self.sent:
-                log(WARNING, "round %d: reply from node %d that was not sent work; dropped", server_round, node)
-                continue
-            scenario, expected = self.sent[node]
-            problems = self._reply_problems(msg, scenario, expected)
+            problems = self._reply_problems(msg, self.sent[node][1])
             if problems:
                 log(WARNING, "round %d: dropping reply of node %d (%s): %s",
                     server_round, node, scenario, "; ".join(problems[:5]))
@@ -212,13 +207,28 @@ class PFMSMTrec(Strategy):
         mean_bce = sum(metrics[s].get("train_bce", 0.0) * counts[s] for s in uploads) / total
         return to_record(self.state.global_arrays), MetricRecord({"train_bce": mean_bce, "clients": len(uploads)})
 
-    def _reply_problems(self, msg: Message, scenario: str, expected: Arrays) -> list[str]:
-        content = msg.content
-        if "arrays" not in content or "metrics" not in content or "meta" not in content:
-            return ["reply lacks arrays, metrics or meta"]
-        claimed = str(content["meta"].get("scenario", ""))
+    def _reply_scenario(self, msg: Message, server_round: int, phase: str) -> str | None:
+        """The scenario a reply speaks for; None (logged) for an error, a stranger or a wrong claim."""
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            log(WARNING, "round %d: %s failed on node %d: %s", server_round, phase, node, msg.error.reason)
+            return None
+        if node not in self.sent:
+            log(WARNING, "round %d: %s reply from node %d that was not sent work; dropped", server_round, phase, node)
+            return None
+        scenario = self.sent[node][0]
+        meta = msg.content.get("meta")
+        claimed = str(meta.get("scenario", "")) if meta is not None else ""
         if claimed != scenario:
-            return [f"reply says scenario {claimed!r}, node serves {scenario!r}"]
+            log(WARNING, "round %d: dropping %s reply of node %d: it says scenario %r, the node serves %r",
+                server_round, phase, node, claimed, scenario)
+            return None
+        return scenario
+
+    def _reply_problems(self, msg: Message, expected: Arrays) -> list[str]:
+        content = msg.content
+        if "arrays" not in content or "metrics" not in content:
+            return ["reply lacks arrays or metrics"]
         problems = upload_problems(from_record(content["arrays"]), expected)
         if (p := count_problems(content["metrics"].get("num-examples"))) is not None:
             problems.append(p)
@@ -244,13 +254,10 @@ class PFMSMTrec(Strategy):
         server_round += self.round_offset
         rows: list[dict] = []
         for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                log(WARNING, "round %d: evaluation failed on node %d: %s", server_round, node, msg.error.reason)
+            if (scenario := self._reply_scenario(msg, server_round, "evaluation")) is None:
                 continue
-            scenario = self.sent.get(node, (None,))[0]
-            if scenario is None or str(msg.content["meta"].get("scenario", "")) != scenario:
-                log(WARNING, "round %d: evaluation reply of node %d does not match its scenario", server_round, node)
+            if "metrics" not in msg.content:
+                log(WARNING, "round %d: evaluation reply for %s lacks metrics; dropped", server_round, scenario)
                 continue
             rows += report.rows_from_metrics(server_round, scenario, dict(msg.content["metrics"]))
         if not rows:
