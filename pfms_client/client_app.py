@@ -103,8 +103,9 @@ class Session:
             state_dir = str(Path(str(state_dir)) / str(run_key or context.run_id))
         self.local = LocalState(context.state, self.scenario, state_dir)
 
-    def restore(self) -> None:
-        state = self.local.load()
+    def restore(self, before_round: int | None = None) -> None:
+        """Local state from before ``before_round`` (a resumed server may resend a round)."""
+        state = self.local.load(before_round)
         if state is not None:
             self.model.load_state_dict(state)
 
@@ -161,15 +162,15 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     session = Session(context, msg)
-    session.restore()
-    anchor = session.load_received(msg.content["arrays"])
     server_round = int(msg.content["config"].get("server-round", 0))
+    session.restore(before_round=server_round or None)
+    anchor = session.load_received(msg.content["arrays"])
     tcfg = TrainConfig.from_config(session.cfg.train)
     params = dict(session.model.named_parameters())
     anchor = {n: t for n, t in anchor.items() if n in params}  # the proximal term covers parameters only
     torch.manual_seed(session.seed(server_round))  # dropout masks differ per round and scenario
     stats = train_local(session.model, session.data.train, anchor, tcfg, session.seed(server_round))
-    session.local.save(session.model.state_dict(), session.local.rounds_trained + 1)
+    session.local.save(session.model.state_dict(), server_round)
     metrics: dict[str, Any] = {"num-examples": int(session.data.train.y.shape[0]), **stats}
     content = RecordDict(
         {"arrays": to_record(session.uploadable()), "metrics": MetricRecord(metrics), "meta": meta(session)}
@@ -180,9 +181,10 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
     session = Session(context, msg)
-    session.restore()
-    session.load_received(msg.content["arrays"])
     config = msg.content["config"]
+    server_round = int(config.get("server-round", 0))
+    session.restore(before_round=server_round + 1 if server_round else None)
+    session.load_received(msg.content["arrays"])
     splits = [str(s) for s in config.get("splits", list(session.cfg.eval.splits))]
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:

@@ -132,6 +132,9 @@ def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None) -> tuple[PFMSM
         old = json.loads((run_dir / "train_log.json").read_text())
         strategy.train_log = [r for r in old if int(r["round"]) <= state.round]
     t0 = time.perf_counter()
+    if state is not None and strategy.eval_due(state.round) and all(r["round"] != state.round for r in strategy.rows):
+        log(INFO, "round %d was aggregated but not evaluated before the stop; evaluating it", state.round)
+        strategy.evaluate_round(grid, state.round)
     remaining = int(cfg.num_rounds) - strategy.round_offset
     if remaining > 0:
         strategy.start(grid, ArrayRecord(), num_rounds=remaining, timeout=float(cfg.server.round_timeout))

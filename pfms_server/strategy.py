@@ -239,16 +239,25 @@ class PFMSMTrec(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.round_offset
-        final = server_round == self.num_rounds
-        if server_round % self.eval_every and not final:
-            return []
-        if self.state.init is None:
+        if not self.eval_due(server_round) or self.state.init is None:
             return []
         mapping = self._resolve(grid, sorted(grid.get_node_ids()))
         cfg = {**dict(config), "server-round": server_round, "splits": self.eval_splits}
-        if final and self.run_dir is not None:
+        if server_round == self.num_rounds and self.run_dir is not None:
             cfg["checkpoint-dir"] = str(self.run_dir / "checkpoints")
         return self._messages(mapping, MessageType.EVALUATE, cfg)
+
+    def eval_due(self, server_round: int) -> bool:
+        return server_round > 0 and (server_round % self.eval_every == 0 or server_round == self.num_rounds)
+
+    def evaluate_round(self, grid: Grid, server_round: int) -> None:
+        """Evaluate one round outside Flower's loop: a resumed run whose checkpointed
+        round was aggregated but not evaluated before the server stopped."""
+        self._wait_for_nodes(grid)
+        messages = list(self.configure_evaluate(server_round - self.round_offset, ArrayRecord(), ConfigRecord(), grid))
+        if messages:
+            replies = grid.send_and_receive(messages, timeout=self.round_timeout)
+            self.aggregate_evaluate(server_round - self.round_offset, replies)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset

@@ -1,10 +1,12 @@
 """FedBN on the wire, and the client's local state across rounds and restarts."""
 
+import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from conftest import inprocess_overrides, run_inprocess
 from pfms_client.client_app import Session, app as client_app, to_record
+from pfms_client.state import LocalStateError
 from pfms_client.template import Group, classify
 from pfms_server.inprocess import InProcessGrid
 
@@ -99,6 +101,35 @@ def test_local_state_survives_rounds_and_node_restarts(pfms_home, tmp_path, task
     assert s.local.rounds_trained == 2
     for n, t in _task_experts(s.model).items():
         assert torch.equal(t, t2[n])
+
+
+def _arrays(reply):
+    return {k: v.numpy().copy() for k, v in reply.content["arrays"].items()}
+
+
+def test_a_resent_round_trains_from_the_state_before_it(pfms_home, tmp_path, task_identity):
+    """A server that died after clients trained round 3, but before it aggregated
+    round 3, resumes by sending round 3 again: the client must train it from its
+    round-2 state (same reply as the first time), also after its own restart."""
+    overrides = inprocess_overrides(pfms_home)
+    ctx = _context(overrides, state_dir=tmp_path / "state")
+    sent = to_record(Session(ctx).uploadable())
+    for server_round in (1, 2):
+        _train(ctx, sent, server_round)
+    first = _arrays(_train(ctx, sent, 3))
+
+    again = _arrays(_train(ctx, sent, 3))  # same node, same run
+    restarted = _context(overrides, node_id=99, state_dir=tmp_path / "state")
+    from_disk = _arrays(_train(restarted, sent, 3))  # a new process reading the disk state
+    for name in first:
+        torch.testing.assert_close(torch.from_numpy(again[name]), torch.from_numpy(first[name]), rtol=0, atol=0)
+        torch.testing.assert_close(torch.from_numpy(from_disk[name]), torch.from_numpy(first[name]), rtol=0, atol=0)
+    s = Session(restarted)
+    s.restore()
+    assert s.local.rounds_trained == 3  # round 3 counted once, not three times
+
+    with pytest.raises(LocalStateError, match="round 2"):  # only one round back is kept
+        _train(restarted, sent, 2)
 
 
 def test_wrong_tensor_from_server_is_refused(pfms_home, task_identity):

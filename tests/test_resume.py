@@ -1,35 +1,54 @@
-"""A server restart: the run resumed from its checkpoint ends exactly where an uninterrupted one does."""
+"""A server restart: the run resumed from its checkpoint ends exactly where an uninterrupted one does,
+wherever in a round the server died."""
 
 import pytest
 
 from conftest import inprocess_overrides, run_inprocess
 from pfms_server.inprocess import InProcessGrid
 
+SMALL = ["dataset.generator.rows_train=4000", "dataset.generator.rows_test=2000"]
+
 
 class CrashingGrid(InProcessGrid):
-    """The server process dies when round 3's training is about to be sent."""
+    """The server process dies at a chosen point of round 3 (train) or round 2 (evaluate)."""
 
-    trains = 0
+    when = ""
+    sent = {"train": 0, "evaluate": 0}
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
-        if messages and messages[0].metadata.message_type == "train":
-            CrashingGrid.trains += 1
-            if CrashingGrid.trains == 3:
-                raise RuntimeError("server killed")
-        return super().send_and_receive(messages, timeout=timeout)
+        kind = messages[0].metadata.message_type if messages else ""
+        if kind in self.sent:
+            self.sent[kind] += 1
+        if self.when == "before-train-3" and kind == "train" and self.sent["train"] == 3:
+            raise RuntimeError("server killed")
+        replies = super().send_and_receive(messages, timeout=timeout)
+        # The clients trained round 3 and saved their state; the replies never arrive.
+        if self.when == "after-train-3" and kind == "train" and self.sent["train"] == 3:
+            raise RuntimeError("server killed")
+        # Round 2 is aggregated and checkpointed; its evaluation replies are lost.
+        if self.when == "during-eval-2" and kind == "evaluate" and self.sent["evaluate"] == 2:
+            raise RuntimeError("server killed")
+        return replies
 
 
 def _rows(strategy):
     return {(r["round"], r["scenario"], r["task"], r["split"]): (r["auc"], r["logloss"]) for r in strategy.rows}
 
 
-def test_resumed_run_matches_uninterrupted_run(pfms_home, tmp_path):
-    base = inprocess_overrides(pfms_home, "num_rounds=4", "eval.splits=[test]")
-    nodes = {"state-dir": str(tmp_path / "client-state")}  # clients keep local state on disk
-    _, full, full_summary = run_inprocess(base, tmp_path / "full", node_extra=nodes)
+@pytest.fixture(scope="module")
+def uninterrupted(pfms_home, tmp_path_factory):
+    base = inprocess_overrides(pfms_home, "num_rounds=4", "eval.splits=[test]", *SMALL)
+    root = tmp_path_factory.mktemp("full")
+    _, full, summary = run_inprocess(base, root / "full", node_extra={"state-dir": str(root / "client-state")})
+    return base, full, summary
 
-    CrashingGrid.trains = 0
+
+@pytest.mark.parametrize("when", ["before-train-3", "after-train-3", "during-eval-2"])
+def test_resumed_run_matches_uninterrupted_run(uninterrupted, tmp_path, when):
+    base, full, full_summary = uninterrupted
+    nodes = {"state-dir": str(tmp_path / "client-state")}  # clients keep local state on disk
+    CrashingGrid.when, CrashingGrid.sent = when, {"train": 0, "evaluate": 0}
     with pytest.raises(RuntimeError, match="server killed"):
         run_inprocess(base, tmp_path / "crashed", CrashingGrid, node_extra=nodes)
     # A new server process and new SuperNode contexts: only the files on disk survive.
