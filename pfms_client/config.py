@@ -6,6 +6,7 @@ they always agree on the dataset, model and strategy without shipping it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 from pathlib import Path
@@ -24,13 +25,19 @@ class ConfigError(ValueError):
 
 
 def conf_dir() -> Path:
-    """conf/ beside the packages (repo checkout or Flower's unpacked FAB)."""
+    """$PFMS_CONF_DIR, else conf/ beside the packages (a checkout, an editable install,
+    Flower's unpacked FAB), else the copy a wheel installs as the package pfms_conf."""
     if env := os.environ.get(CONF_ENV):
         return Path(env).resolve()
     here = Path(__file__).resolve().parent.parent / "conf"
-    if not (here / "config.yaml").is_file():
-        raise ConfigError(f"cannot find conf/config.yaml next to the packages ({here}); set {CONF_ENV}")
-    return here
+    if (here / "config.yaml").is_file():
+        return here
+    spec = importlib.util.find_spec("pfms_conf")
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(location) / "config.yaml").is_file():
+            return Path(location)
+    raise ConfigError(f"cannot find conf/config.yaml next to the packages ({here}) nor an installed "
+                      f"pfms_conf package; set {CONF_ENV}")
 
 
 def parse_overrides(overrides: str | Sequence[str] | None) -> list[str]:
