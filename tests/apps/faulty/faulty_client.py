@@ -1,0 +1,48 @@
+"""The pfms ClientApp, with a mod that corrupts the train replies the run config names."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from pfms_client import client_app as pfms
+
+
+def corrupt(arrays: ArrayRecord, kind: str) -> str:
+    """Spoil one tensor of ``arrays`` in place; return its name."""
+    name = sorted(arrays)[0]
+    value = arrays[name].numpy().copy()
+    if kind == "nan":
+        value.flat[0] = np.nan
+        arrays[name] = Array(value)
+    elif kind == "shape":
+        arrays[name] = Array(np.ascontiguousarray(value[..., :1]))
+    elif kind == "dtype":
+        arrays[name] = Array(value.astype(np.float64))
+    elif kind == "name":
+        del arrays[name]
+        name += ".renamed"
+        arrays[name] = Array(value)
+    else:
+        raise ValueError(f"unknown fault kind {kind!r}")
+    return name
+
+
+def faults(msg: Message, context: Context, call_next) -> Message:
+    reply = call_next(msg, context)
+    if msg.metadata.message_type != "train" or reply.has_error():
+        return reply
+    server_round = int(msg.content["config"]["server-round"])
+    scenario = str(reply.content["meta"]["scenario"])
+    for spec in str(context.run_config.get("faults", "")).split():
+        at, who, kind = spec.split(":")
+        if int(at) == server_round and who == scenario:
+            corrupt(reply.content["arrays"], kind)
+    return reply
+
+
+app = ClientApp(mods=[faults])
+app.query()(pfms.query)
+app.train()(pfms.train)
+app.evaluate()(pfms.evaluate_)
