@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from pfms_client.config import load_config
 from pfms_client.data import load_scenario
 from pfms_client.mmoe import build_model
-from pfms_client.template import uploaded_names
+from pfms_client.template import shared_parts, uploaded_names
 from pfms_client.trainer import TrainConfig, train_local
 
 
@@ -69,7 +69,7 @@ def main() -> None:
     data = load_scenario(cfg.dataset, scenario)
     tcfg = TrainConfig.from_config(cfg.train)
     base = build_model(cfg.model, data.field_dims, data.num_numerical, len(data.task_names), int(cfg.seed))
-    names = uploaded_names(base.state_dict(), fedbn=bool(cfg.strategy.fedbn), tower_mode=str(cfg.strategy.towers.mode))
+    names = uploaded_names(base.state_dict(), fedbn=bool(cfg.strategy.fedbn), share=shared_parts(cfg.strategy))
     params = dict(base.named_parameters())
     anchor = {n: params[n].detach().clone() for n in names if n in params}
 

@@ -23,8 +23,9 @@ from .config import load_config
 from .data import ScenarioData, load_scenario
 from .mmoe import MMoE, build_model
 from .state import LocalState, atomic_torch_save
-from .template import uploaded_names
-from .trainer import TrainConfig, evaluate, train_local
+from .template import shared_parts, uploaded_names
+from .local_update import client_mode, ditto_personal_update, fedrep_update, train_config
+from .trainer import evaluate, train_local
 
 app = ClientApp()
 SPLITS = ("train", "val", "test")
@@ -88,20 +89,26 @@ class Session:
             torch.set_num_threads(int(self.cfg.train.num_threads))
         self.scenario = scenario_of(context, self.cfg)
         self.data = scenario_data(dataset_config(context, self.cfg), self.scenario)
-        self.model: MMoE = build_model(
-            self.cfg.model, self.data.field_dims, self.data.num_numerical, len(self.data.task_names), self.cfg.seed,
-            positive_rates=self.data.positive_rates,
-        )
+        self.model: MMoE = self.new_model()
         strat = self.cfg.strategy
-        self.upload = uploaded_names(
-            self.model.state_dict().keys(), fedbn=bool(strat.fedbn), tower_mode=str(strat.towers.mode)
-        )
+        self.upload = uploaded_names(self.model.state_dict().keys(), fedbn=bool(strat.fedbn), share=shared_parts(strat))
         state_dir = context.node_config.get("state-dir")
         if state_dir:  # per run; the run key stays the same when the server resumes a run
             config = msg.content.get("config") if msg is not None else None
             run_key = config.get("run-key") if config is not None else None
             state_dir = str(Path(str(state_dir)) / str(run_key or context.run_id))
         self.local = LocalState(context.state, self.scenario, state_dir)
+        self._store, self._state_dir = context.state, state_dir
+
+    def new_model(self) -> MMoE:
+        return build_model(
+            self.cfg.model, self.data.field_dims, self.data.num_numerical, len(self.data.task_names), self.cfg.seed,
+            positive_rates=self.data.positive_rates,
+        )
+
+    def personal(self) -> LocalState:
+        """Ditto's personal model, kept beside the scenario's global-model state."""
+        return LocalState(self._store, f"{self.scenario}+personal", self._state_dir)
 
     def restore(self, before_round: int | None = None) -> None:
         """Local state from before ``before_round`` (a resumed server may resend a round)."""
@@ -165,12 +172,26 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"].get("server-round", 0))
     session.restore(before_round=server_round or None)
     anchor = session.load_received(msg.content["arrays"])
-    tcfg = TrainConfig.from_config(session.cfg.train)
+    mode = client_mode(session.cfg.strategy)
+    tcfg = train_config(session.cfg)
     params = dict(session.model.named_parameters())
     anchor = {n: t for n, t in anchor.items() if n in params}  # the proximal term covers parameters only
-    torch.manual_seed(session.seed(server_round))  # dropout masks differ per round and scenario
-    stats = train_local(session.model, session.data.train, anchor, tcfg, session.seed(server_round))
+    received = {k: v.clone() for k, v in session.model.state_dict().items()} if mode == "ditto" else None
+    seed = session.seed(server_round)
+    torch.manual_seed(seed)  # dropout masks differ per round and scenario
+    if mode == "fedrep":
+        stats = fedrep_update(session.model, session.data.train, anchor, tcfg, seed,
+                              int(session.cfg.strategy.client.head_epochs))
+    else:
+        stats = train_local(session.model, session.data.train, anchor, tcfg, seed)
     session.local.save(session.model.state_dict(), server_round)
+    if received is not None:  # Ditto: the personal model, started from the first global model it saw
+        personal, model = session.personal(), session.new_model()
+        model.load_state_dict(personal.load(before_round=server_round or None) or received)
+        pstats = ditto_personal_update(model, session.data.train, anchor, tcfg, seed,
+                                       float(session.cfg.strategy.client.lam))
+        personal.save(model.state_dict(), server_round)
+        stats["personal_bce"] = pstats["train_bce"]
     metrics: dict[str, Any] = {"num-examples": int(session.data.train.y.shape[0]), **stats}
     content = RecordDict(
         {"arrays": to_record(session.uploadable()), "metrics": MetricRecord(metrics), "meta": meta(session)}
@@ -183,8 +204,13 @@ def evaluate_(msg: Message, context: Context) -> Message:
     session = Session(context, msg)
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
-    session.restore(before_round=server_round + 1 if server_round else None)
-    session.load_received(msg.content["arrays"])
+    before = server_round + 1 if server_round else None
+    personal = session.personal().load(before) if client_mode(session.cfg.strategy) == "ditto" else None
+    if personal is not None:  # Ditto evaluates the personal model, not the received global one
+        session.model.load_state_dict(personal)
+    else:
+        session.restore(before_round=before)
+        session.load_received(msg.content["arrays"])
     splits = [str(s) for s in config.get("splits", list(session.cfg.eval.splits))]
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:

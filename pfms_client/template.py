@@ -9,8 +9,11 @@ Names (``t`` = task index, ``i`` = expert index):
     experts.scenario.<i>.*    S: scenario experts (uploaded, conflict-coordinated)
     experts.task.<t>.<i>.*    T_t: task-t experts (never uploaded)
     towers.<t>.*              task-t tower (uploaded unless towers are local)
-    gates.<t>.*, embedding.*, numeric.*   local, never uploaded
+    gates.<t>.*, embedding.*, numeric.*   local under PF-MSMTrec
 Any name with a ``bn`` component is a BatchNorm tensor (kept local under FedBN).
+What a strategy uploads is ``strategy.share`` (PF-MSMTrec: G, S and towers; the
+FedAvg-family baselines also share task experts, gates and the numeric layer).
+Embeddings stay local everywhere: each scenario indexes its own ids.
 """
 
 from __future__ import annotations
@@ -61,20 +64,38 @@ def classify(name: str) -> TensorRole:
     raise ValueError(f"tensor name {name!r} does not follow the parameter template")
 
 
-def is_uploaded(name: str, *, fedbn: bool, tower_mode: str) -> bool:
-    """Whether a client sends this tensor to the server (and receives it back)."""
+# What a strategy may share, by name: the four template groups plus the local parts.
+SHAREABLE = ("global", "scenario", "task", "tower", "gates", "numeric", "embedding")
+
+
+def share_key(name: str) -> str:
+    """The SHAREABLE entry a tensor falls under."""
     role = classify(name)
-    if role.is_bn and fedbn:
+    return name.split(".")[0] if role.group is Group.LOCAL else role.group.value
+
+
+def shared_parts(strategy: Mapping[str, Any]) -> frozenset[str]:
+    """``strategy.share``, minus the towers when PF-MSMTrec keeps them local."""
+    share = [str(s) for s in strategy["share"]]
+    unknown = sorted(set(share) - set(SHAREABLE))
+    if unknown:
+        raise ValueError(f"strategy.share: unknown part(s) {unknown}; expected some of {list(SHAREABLE)}")
+    towers = strategy.get("towers")
+    if towers is not None and str(towers["mode"]) == "local":
+        share = [s for s in share if s != "tower"]
+    return frozenset(share)
+
+
+def is_uploaded(name: str, *, fedbn: bool, share: Iterable[str]) -> bool:
+    """Whether a client sends this tensor to the server (and receives it back)."""
+    if classify(name).is_bn and fedbn:
         return False
-    if role.group in (Group.GLOBAL, Group.SCENARIO):
-        return True
-    if role.group is Group.TOWER:
-        return tower_mode != "local"
-    return False
+    return share_key(name) in set(share)
 
 
-def uploaded_names(names: Iterable[str], *, fedbn: bool, tower_mode: str) -> list[str]:
-    return [n for n in names if is_uploaded(n, fedbn=fedbn, tower_mode=tower_mode)]
+def uploaded_names(names: Iterable[str], *, fedbn: bool, share: Iterable[str]) -> list[str]:
+    share = frozenset(share)
+    return [n for n in names if is_uploaded(n, fedbn=fedbn, share=share)]
 
 
 @dataclass(frozen=True)

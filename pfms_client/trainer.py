@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 import torch
@@ -49,12 +49,36 @@ def train_local(
     anchor: Mapping[str, torch.Tensor],
     cfg: TrainConfig,
     seed: int,
+    trainable: Collection[str] | None = None,
 ) -> dict[str, float]:
-    """E epochs of Adam on mean-over-tasks BCE plus the proximal term to ``anchor``."""
+    """E epochs of Adam on mean-over-tasks BCE plus the proximal term to ``anchor``.
+
+    ``trainable`` (parameter names) freezes every other parameter, for FedRep's
+    head-then-body schedule; None trains them all.
+    """
     params = dict(model.named_parameters())
-    prox_params = [params[n] for n in anchor]
-    prox_anchor = [anchor[n].detach() for n in anchor]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if trainable is not None:
+        unknown = set(trainable) - set(params)
+        if unknown:
+            raise ValueError(f"trainable names that are not parameters: {sorted(unknown)[:5]}")
+    train_names = list(params) if trainable is None else [n for n in params if n in set(trainable)]
+    frozen = {n: p.requires_grad for n, p in params.items()}
+    for n, p in params.items():
+        p.requires_grad_(n in set(train_names))
+    try:
+        return _train(model, data, anchor, cfg, seed, [params[n] for n in train_names],
+                      [n for n in anchor if n in set(train_names)])
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(frozen[n])
+
+
+def _train(model: nn.Module, data: TensorSplit, anchor: Mapping[str, torch.Tensor], cfg: TrainConfig, seed: int,
+           train_params: list[torch.Tensor], prox_names: list[str]) -> dict[str, float]:
+    params = dict(model.named_parameters())
+    prox_params = [params[n] for n in prox_names]
+    prox_anchor = [anchor[n].detach() for n in prox_names]
+    opt = torch.optim.Adam(train_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     n = data.y.shape[0]
     model.train()

@@ -1,11 +1,20 @@
-"""Sample-weighted FedAvg, the aggregation rule for the global-shared experts G.
+"""Sample-weighted FedAvg: the rule for PF-MSMTrec's global-shared experts G, and the
+whole server side of the FedAvg-family baselines.
 
 Pure numpy; the Strategy stacks one tensor over the clients that uploaded it.
 """
 
 from __future__ import annotations
 
+import copy
+from typing import TYPE_CHECKING, Mapping
+
 import numpy as np
+
+Arrays = dict[str, np.ndarray]
+
+if TYPE_CHECKING:
+    from .state import ServerState
 
 
 def weighted_average(arrays: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -34,3 +43,21 @@ def weighted_average(arrays: np.ndarray, weights: np.ndarray) -> np.ndarray:
     w = w / top
     w = w / w.sum()
     return np.tensordot(w, a, axes=(0, 0))
+
+
+def fedavg_round(state: "ServerState", uploads: Mapping[str, Arrays], num_examples: Mapping[str, int]) -> "ServerState":
+    """FedAvg and its family (FedProx, FedBN, FedPer, FedRep, Ditto): every uploaded tensor
+    becomes the sample-weighted mean, one copy that every scenario receives next."""
+    new = copy.deepcopy(state)
+    scen = sorted(uploads)
+    if not scen:
+        return new
+    weights = np.array([float(num_examples[k]) for k in scen])
+    for name in sorted(uploads[scen[0]]):
+        like = uploads[scen[0]][name]
+        avg = weighted_average(np.stack([uploads[k][name] for k in scen]), weights)
+        new.global_arrays[name] = np.rint(avg).astype(like.dtype) if like.dtype.kind in "iu" else avg.astype(like.dtype)
+    for k in scen:
+        new.own(k).num_examples = int(num_examples[k])
+    new.round = state.round + 1
+    return new

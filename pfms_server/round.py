@@ -195,12 +195,12 @@ def aggregate_round(
 
 
 def hyperparams(state: ServerState) -> dict[str, dict[str, Any]]:
-    """alpha and mean beta per scenario, for logs and reports."""
+    """alpha and mean beta per scenario (None where the rule has none), for logs and reports."""
     out = {}
     for name, sc in sorted(state.scenarios.items()):
         betas = [float(np.mean(hp.value)) for hp in sc.beta.values()]
         out[name] = {
-            "alpha": np.asarray(sc.alpha.value).tolist(),
+            "alpha": np.asarray(sc.alpha.value).tolist() if sc.alpha is not None else None,
             "beta_mean": float(np.mean(betas)) if betas else None,
         }
     return out

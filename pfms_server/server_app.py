@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from pfms_client.config import load_config
 
 from . import report
-from .round import AggregationConfig, hyperparams
+from .round import hyperparams
+from .rules import make_rule
 from .state import ServerState
 from .strategy import PFMSMTrec
 
@@ -45,8 +46,9 @@ def make_run_dir(cfg: DictConfig) -> Path:
 def build_strategy(cfg: DictConfig, run_dir: Path | None, state: ServerState | None = None) -> PFMSMTrec:
     part = cfg.strategy.participation
     return PFMSMTrec(
-        AggregationConfig.from_config(cfg.strategy, seed=int(cfg.seed)),
+        make_rule(cfg.strategy, seed=int(cfg.seed)),
         [str(s) for s in cfg.dataset.scenarios],
+        seed=int(cfg.seed),
         num_rounds=int(cfg.num_rounds),
         min_available_nodes=part.min_available_nodes,
         min_train_nodes=int(part.min_train_nodes),
@@ -63,7 +65,7 @@ def summarize(strategy: PFMSMTrec, seconds: float) -> dict:
     """Final-round metrics per scenario and task, and their mean."""
     last = max((r["round"] for r in strategy.rows), default=None)
     final = [r for r in strategy.rows if r["round"] == last]
-    out: dict = {"rounds": strategy.num_rounds, "seconds": round(seconds, 1), "final_round": last,
+    out: dict = {"strategy": strategy.rule.name, "rounds": strategy.num_rounds, "seconds": round(seconds, 1), "final_round": last,
                  "hyperparams": hyperparams(strategy.state), "final": final}
     for split in strategy.eval_splits:
         rows = [r for r in final if r["split"] == split]
@@ -83,7 +85,7 @@ def summarize(strategy: PFMSMTrec, seconds: float) -> dict:
 
 def log_summary(summary: dict, run_dir: Path | None) -> None:
     log(INFO, "")
-    log(INFO, "=== PF-MSMTrec summary: %d rounds in %.1f s ===", summary["rounds"], summary["seconds"])
+    log(INFO, "=== %s summary: %d rounds in %.1f s ===", summary["strategy"], summary["rounds"], summary["seconds"])
     split = "test" if any(r["split"] == "test" for r in summary["final"]) else None
     if split:
         for line in report.round_table(summary["final"], split):
@@ -96,7 +98,8 @@ def log_summary(summary: dict, run_dir: Path | None) -> None:
             summary["best_val_round"], summary["best_val_round_test_mean_auc"])
     for scenario, hp in summary["hyperparams"].items():
         beta = "-" if hp["beta_mean"] is None else f"{hp['beta_mean']:.4f}"
-        log(INFO, "  %-10s alpha=%s beta_mean=%s", scenario, np.round(hp["alpha"], 4).tolist(), beta)
+        alpha = "-" if hp["alpha"] is None else np.round(hp["alpha"], 4).tolist()
+        log(INFO, "  %-10s alpha=%s beta_mean=%s", scenario, alpha, beta)
     if run_dir is not None:
         log(INFO, "  run folder: %s", run_dir)
 

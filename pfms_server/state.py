@@ -25,8 +25,8 @@ Arrays = dict[str, np.ndarray]
 
 @dataclass
 class ScenarioState:
-    arrays: Arrays  # this scenario's S and tower tensors as sent last (theta_k(sent))
-    alpha: HyperParam
+    arrays: Arrays  # this scenario's own tensors as sent last (PF-MSMTrec: S and towers, theta_k(sent))
+    alpha: HyperParam | None = None  # PF-MSMTrec only
     alpha_dir: Arrays = field(default_factory=dict)  # expert unit -> d that built `arrays`
     beta: dict[str, HyperParam] = field(default_factory=dict)  # tower layer -> beta
     beta_dir: Arrays = field(default_factory=dict)  # tower tensor -> u that built `arrays`
@@ -44,6 +44,10 @@ class ServerState:
         self.init = {k: np.array(v, copy=True) for k, v in arrays.items()}
         self.global_arrays = {k: v.copy() for k, v in self.init.items() if classify(k).group is Group.GLOBAL}
 
+    def own(self, name: str) -> "ScenarioState":
+        """The scenario's entry with no personalized tensors yet (rules other than PF-MSMTrec)."""
+        return self.scenarios.setdefault(name, ScenarioState(arrays={}))
+
     def scenario(self, name: str, alpha_init: np.ndarray, beta_init: float) -> ScenarioState:
         """The scenario's state, created from the common initialisation on first use."""
         if name not in self.scenarios:
@@ -59,11 +63,10 @@ class ServerState:
         return self.scenarios[name]
 
     def arrays_for(self, name: str) -> Arrays:
-        """What a node of this scenario receives: the global copy plus its own tensors."""
-        own = self.scenarios[name].arrays if name in self.scenarios else {
-            k: v for k, v in (self.init or {}).items() if classify(k).group is not Group.GLOBAL
-        }
-        return {**self.global_arrays, **own}
+        """What a node of this scenario receives: the initialisation, overridden by the
+        shared copy, overridden by the scenario's own (personalized) tensors."""
+        own = self.scenarios[name].arrays if name in self.scenarios else {}
+        return {**(self.init or {}), **self.global_arrays, **own}
 
     # -- persistence -------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -81,7 +84,7 @@ class ServerState:
             for k, v in sc.beta_dir.items():
                 arrays[f"beta_dir/{name}/{k}"] = v
             meta["scenarios"][name] = {
-                "alpha": sc.alpha.to_dict(),
+                "alpha": sc.alpha.to_dict() if sc.alpha is not None else None,
                 "beta": {layer: hp.to_dict() for layer, hp in sc.beta.items()},
                 "num_examples": sc.num_examples,
             }
@@ -115,7 +118,7 @@ class ServerState:
         for name, sc in meta["scenarios"].items():
             state.scenarios[name] = ScenarioState(
                 arrays=section(f"personal/{name}/"),
-                alpha=HyperParam.from_dict(sc["alpha"]),
+                alpha=HyperParam.from_dict(sc["alpha"]) if sc["alpha"] is not None else None,
                 alpha_dir=section(f"alpha_dir/{name}/"),
                 beta={layer: HyperParam.from_dict(d) for layer, d in sc["beta"].items()},
                 beta_dir=section(f"beta_dir/{name}/"),

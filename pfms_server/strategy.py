@@ -20,7 +20,8 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from . import report
-from .round import AggregationConfig, aggregate_round, hyperparams
+from .round import hyperparams
+from .rules import Rule
 from .state import Arrays, ServerState
 from .validate import count_problems, upload_problems
 
@@ -34,14 +35,15 @@ def from_record(record: ArrayRecord) -> Arrays:
 
 
 class PFMSMTrec(Strategy):
-    """Personalized federated multi-scenario multi-task aggregation."""
+    """Rounds over scenario nodes; the aggregation itself is ``rule`` (PF-MSMTrec or a baseline)."""
 
     # pylint: disable=too-many-arguments,too-many-instance-attributes
     def __init__(
         self,
-        agg: AggregationConfig,
+        rule: Rule,
         scenarios: list[str],
         *,
+        seed: int = 0,
         num_rounds: int,
         min_available_nodes: int | None = None,
         min_train_nodes: int = 1,
@@ -55,7 +57,8 @@ class PFMSMTrec(Strategy):
         bad = [s for s in scenarios if "/" in s or not s]
         if bad or len(set(scenarios)) != len(scenarios):
             raise ValueError(f"scenario ids must be unique, non-empty and without '/': {scenarios}")
-        self.agg = agg
+        self.rule = rule
+        self.seed = seed
         self.scenarios = list(scenarios)
         self.num_rounds = num_rounds
         self.min_available_nodes = min_available_nodes or len(scenarios)
@@ -76,9 +79,8 @@ class PFMSMTrec(Strategy):
 
     # -- helpers -------------------------------------------------------------------
     def summary(self) -> None:
-        log(INFO, "\t├──> PF-MSMTrec over scenarios %s", self.scenarios)
-        log(INFO, "\t├── conflict: %s (c=%.2f) | alpha: %s | towers: %s | FedBN: %s",
-            self.agg.conflict, self.agg.c, self.agg.alpha_mode, self.agg.tower_mode, self.agg.fedbn)
+        log(INFO, "\t├──> %s over scenarios %s", self.rule.name, self.scenarios)
+        log(INFO, "\t├── %s", self.rule.description)
         log(INFO, "\t└── nodes: min available %d, min train %d", self.min_available_nodes, self.min_train_nodes)
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -151,7 +153,7 @@ class PFMSMTrec(Strategy):
         server_round += self.round_offset
         nodes = self._wait_for_nodes(grid)
         if self.fraction_train < 1.0:
-            rng = np.random.default_rng(self.agg.seed + server_round)
+            rng = np.random.default_rng(self.seed + server_round)
             size = max(self.min_train_nodes, int(round(len(nodes) * self.fraction_train)))
             nodes = sorted(rng.choice(nodes, size=min(size, len(nodes)), replace=False).tolist())
         mapping = self._resolve(grid, nodes)
@@ -168,6 +170,7 @@ class PFMSMTrec(Strategy):
         uploads: dict[str, Arrays] = {}
         counts: dict[str, int] = {}
         metrics: dict[str, dict] = {}
+        sizes: dict[str, int] = {}  # bytes of tensor data each client uploaded
         dropped: list[str] = []
         for msg in replies:
             if (scenario := self._reply_scenario(msg, server_round, "training")) is None:
@@ -180,6 +183,7 @@ class PFMSMTrec(Strategy):
                 dropped.append(scenario)
                 continue
             uploads[scenario] = from_record(msg.content["arrays"])
+            sizes[scenario] = int(sum(a.nbytes for a in uploads[scenario].values()))
             counts[scenario] = int(msg.content["metrics"]["num-examples"])
             metrics[scenario] = dict(msg.content["metrics"])
         silent = sorted({sc for sc, _ in self.sent.values()} - set(uploads) - set(dropped))
@@ -190,17 +194,17 @@ class PFMSMTrec(Strategy):
                 server_round, len(uploads), self.min_train_nodes)
             self.state.round = server_round
             return None, None
-        self.state = aggregate_round(self.state, uploads, counts, self.agg)
+        self.state = self.rule.aggregate(self.state, uploads, counts)
         self.state.round = server_round
-        for scenario, hp in hyperparams(self.state).items():
-            if scenario in uploads:
-                m = metrics[scenario]
-                log(INFO, "  %-10s n=%-7d bce=%.4f  %.0f samples/s  alpha=%s  beta=%s", scenario,
-                    counts[scenario], m.get("train_bce", float("nan")), m.get("samples_per_s", 0.0),
-                    np.round(hp["alpha"], 4).tolist(),
-                    "-" if hp["beta_mean"] is None else f"{hp['beta_mean']:.4f}")
-                self.train_log.append({"round": server_round, "scenario": scenario, **hp,
-                                       "train_bce": m.get("train_bce"), "num_examples": counts[scenario]})
+        hps = hyperparams(self.state)
+        for scenario in sorted(uploads):
+            m, hp = metrics[scenario], hps.get(scenario, {"alpha": None, "beta_mean": None})
+            log(INFO, "  %-10s n=%-7d bce=%.4f  %.0f samples/s  up=%d B  alpha=%s  beta=%s", scenario,
+                counts[scenario], m.get("train_bce", float("nan")), m.get("samples_per_s", 0.0), sizes[scenario],
+                "-" if hp["alpha"] is None else np.round(hp["alpha"], 4).tolist(),
+                "-" if hp["beta_mean"] is None else f"{hp['beta_mean']:.4f}")
+            self.train_log.append({"round": server_round, "scenario": scenario, **hp, "train_bce": m.get("train_bce"),
+                                   "num_examples": counts[scenario], "upload_bytes": sizes[scenario]})
         if self.run_dir is not None:
             self.state.save(self.run_dir / "server_state")
         total = sum(counts.values())

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from pfms_client.mmoe import build_model
-from pfms_client.template import ExpertTemplate, Group, classify, uploaded_names
+from pfms_client.template import ExpertTemplate, Group, classify, shared_parts, uploaded_names
+
+PF = ("global", "scenario", "tower")
 
 MODEL = {"embed_dim": 4, "template": {"global": 2, "scenario": 2, "task": 2},
          "expert_hidden": [16, 8], "tower_hidden": [8], "dropout": 0.0, "bn_momentum": 0.1}
@@ -39,13 +41,13 @@ def test_unknown_name_is_an_error():
 
 def test_uploaded_names_exclude_bn_task_experts_gates_embeddings():
     names = list(make().state_dict())
-    up = uploaded_names(names, fedbn=True, tower_mode="attention")
+    up = uploaded_names(names, fedbn=True, share=PF)
     assert up and all(classify(n).group in (Group.GLOBAL, Group.SCENARIO, Group.TOWER) for n in up)
     assert not any(classify(n).is_bn for n in up)
     assert not any(n.startswith(("gates", "embedding", "numeric", "experts.task")) for n in up)
-    local = uploaded_names(names, fedbn=True, tower_mode="local")
+    local = uploaded_names(names, fedbn=True, share=shared_parts({"share": list(PF), "towers": {"mode": "local"}}))
     assert not any(n.startswith("towers") for n in local)
-    no_fedbn = uploaded_names(names, fedbn=False, tower_mode="attention")
+    no_fedbn = uploaded_names(names, fedbn=False, share=PF)
     assert any(classify(n).is_bn for n in no_fedbn)
 
 
@@ -83,7 +85,7 @@ def test_no_template_ablation_shares_all_experts():
 
 def test_shared_init_does_not_depend_on_vocabulary():
     a, b = make(field_dims=(5, 7, 3)), make(field_dims=(50, 2, 300))
-    up = uploaded_names(a.state_dict(), fedbn=True, tower_mode="attention")
+    up = uploaded_names(a.state_dict(), fedbn=True, share=PF)
     for n in up:
         assert torch.equal(a.state_dict()[n], b.state_dict()[n]), n
 
@@ -91,3 +93,14 @@ def test_shared_init_does_not_depend_on_vocabulary():
 def test_unknown_model_key_is_rejected():
     with pytest.raises(ValueError, match="unknown keys"):
         build_model(dict(MODEL, experts=3), [3], 2, 2, 0)
+
+
+def test_fedavg_family_share_everything_but_embeddings_and_unknown_parts_are_refused():
+    names = list(make().state_dict())
+    everything = uploaded_names(names, fedbn=False, share=("global", "scenario", "task", "tower", "gates", "numeric"))
+    assert {n for n in names if not n.startswith("embedding")} == set(everything)
+    fedper = uploaded_names(names, fedbn=False, share=("global", "scenario", "task", "gates", "numeric"))
+    assert fedper and not any(n.startswith("towers") for n in fedper)
+    assert uploaded_names(names, fedbn=True, share=()) == []
+    with pytest.raises(ValueError, match="unknown part"):
+        shared_parts({"share": ["global", "heads"]})
