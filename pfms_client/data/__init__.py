@@ -1,7 +1,8 @@
 """Scenario data: schema, readers, validation, synthetic generator, tensors.
 
 ``load_scenario(cfg.dataset, "NL")`` is the one call a client makes: it
-generates synthetic data if needed, reads and validates the scenario's files
+generates synthetic data (``dataset.generator``) or converts fetched raw files
+(``dataset.source``, MovieLens) if needed, reads and validates the scenario's files
 (raising DataValidationError before any training) and returns tensors.
 torch and pandas are imported on first use, so ``pfms-generate`` starts fast.
 """
@@ -28,7 +29,7 @@ __all__ = [
 
 
 def load_scenario(cfg_dataset: Any, scenario: str) -> ScenarioData:
-    """Generate (synthetic only) -> read -> validate -> tensorise one scenario."""
+    """Generate (synthetic) or convert (raw source) -> read -> validate -> tensorise one scenario."""
     from .generator import ensure_generated
     from .readers import read_scenario
     from .tensors import build_scenario_data
@@ -37,6 +38,10 @@ def load_scenario(cfg_dataset: Any, scenario: str) -> ScenarioData:
     settings.check_scenario(scenario)
     if settings.generator is not None:
         ensure_generated(settings, [scenario])
+    if settings.source is not None:
+        from .movielens import ensure_converted
+
+        ensure_converted(settings, [scenario])
     train_df, test_df = read_scenario(settings, scenario)
     return build_scenario_data(scenario, train_df, test_df, settings)
 

@@ -110,7 +110,8 @@ def write_scenario(
 def ensure_generated(cfg_dataset: Any, scenarios: Sequence[str] | None = None) -> None:
     """Generate the configured scenarios whose folders are missing; check existing ones.
 
-    No-op for a dataset without a ``generator`` node. An existing folder made
+    No-op for a dataset without a ``generator`` node; a Tenrec-layout dataset
+    gets one file per scenario (``generator_tenrec``). An existing folder made
     with other generator parameters is an error rather than silently reused.
     """
     settings = (
@@ -120,10 +121,15 @@ def ensure_generated(cfg_dataset: Any, scenarios: Sequence[str] | None = None) -
     )
     if settings.generator is None:
         return
-    if settings.layout != "aliexpress" or "{scenario}" not in str(settings.scenario_dir):
-        raise ValueError(
-            "dataset.generator needs layout 'aliexpress' and a scenario_dir containing '{scenario}'"
+    if settings.layout == "tenrec":
+        from .generator_tenrec import ensure_tenrec_generated  # imports this module
+
+        ensure_tenrec_generated(
+            settings, list(scenarios) if scenarios is not None else settings.scenarios
         )
+        return
+    if "{scenario}" not in str(settings.scenario_dir):
+        raise ValueError("dataset.generator needs a scenario_dir containing '{scenario}'")
     params = GeneratorParams.from_dict(settings.generator)
     names = OutputNames(
         str(settings.scenario_dir), str(settings.train_file), str(settings.test_file)

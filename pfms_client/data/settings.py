@@ -1,18 +1,21 @@
 """Typed view of the ``dataset`` config node: where the files are and how to split/encode them.
 
 Every key is checked, and keys that only make sense for the other layout are
-rejected, so a typo never falls back to a silent default.
+rejected (generator knobs too: each layout has its own generator), so a typo
+never falls back to a silent default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from .config_utils import check_keys, to_plain
 from .schema import DatasetSchema
+from .synthetic import GeneratorParams
+from .synthetic_tenrec import knob_names as tenrec_knob_names
 
 LAYOUTS = ("aliexpress", "tenrec")
 NUMERIC_TRANSFORMS = ("none", "standardize")
@@ -32,6 +35,17 @@ _COMMON_KEYS = (
 _LAYOUT_KEYS = {
     "aliexpress": ("scenario_dir", "train_file", "test_file"),
     "tenrec": ("scenario_file",),
+}
+# Optional per layout: a `source` converts downloaded raw files into scenario files.
+_OPTIONAL_LAYOUT_KEYS = {"aliexpress": (), "tenrec": ("source",)}
+# Each layout has its own generator, so its own knobs.
+_GENERATOR_KNOBS = {
+    "aliexpress": frozenset(f.name for f in fields(GeneratorParams)),
+    "tenrec": frozenset(tenrec_knob_names()),
+}
+# Raw-file sources by `source.kind`: their keys, all required (values: see movielens.py).
+_SOURCE_KEYS = {
+    "movielens-100k": ("kind", "raw_dir", "grouping", "groups", "like_min_rating", "love_min_rating"),
 }
 _SPLIT_KEYS = {
     # aliexpress: the test split is given by the files (by time in the real data).
@@ -69,6 +83,7 @@ class DatasetSettings:
     scenario_file: str | None = None
     max_rows: int | None = None
     generator: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, dataset_cfg: Any) -> DatasetSettings:
@@ -80,7 +95,13 @@ class DatasetSettings:
             raise ValueError(f"dataset.layout: {layout!r} is not one of {list(LAYOUTS)}")
         layout_keys = _LAYOUT_KEYS[layout]
         required = ("name", "layout", "root", "scenarios", "schema", "split") + layout_keys
-        check_keys(node, "dataset", _COMMON_KEYS + layout_keys, required)
+        check_keys(
+            node, "dataset", _COMMON_KEYS + layout_keys + _OPTIONAL_LAYOUT_KEYS[layout], required
+        )
+        generator = _generator(node.get("generator"), layout)
+        source = _source(node.get("source"))
+        if generator is not None and source is not None:
+            raise ValueError("dataset: 'generator' and 'source' exclude each other")
 
         split_node = node["split"]
         split_keys = _SPLIT_KEYS[layout]
@@ -132,7 +153,8 @@ class DatasetSettings:
             test_file=node.get("test_file"),
             scenario_file=node.get("scenario_file"),
             max_rows=None if max_rows is None else int(max_rows),
-            generator=dict(node["generator"]) if node.get("generator") is not None else None,
+            generator=generator,
+            source=source,
         )
 
     def check_scenario(self, scenario: str) -> None:
@@ -152,6 +174,25 @@ class DatasetSettings:
 
     def test_path(self, scenario: str) -> Path:
         return self.scenario_path(scenario) / str(self.test_file).format(scenario=scenario)
+
+
+def _generator(node: Any, layout: str) -> dict[str, Any] | None:
+    """Knob names checked here, per layout; values by the generator's params class."""
+    if node is None:
+        return None
+    check_keys(node, f"dataset.generator ({layout} layout)", _GENERATOR_KNOBS[layout])
+    return dict(node)
+
+
+def _source(node: Any) -> dict[str, Any] | None:
+    if node is None:
+        return None
+    if not isinstance(node, Mapping) or node.get("kind") not in _SOURCE_KEYS:
+        kind = node.get("kind") if isinstance(node, Mapping) else None
+        raise ValueError(f"dataset.source.kind: {kind!r} is not one of {sorted(_SOURCE_KEYS)}")
+    keys = _SOURCE_KEYS[node["kind"]]
+    check_keys(node, "dataset.source", keys, keys)
+    return dict(node)
 
 
 def _fraction(value: Any, where: str, open_top: bool = False) -> float:
