@@ -38,6 +38,7 @@ from . import report
 ARMS_DIR = "compare"  # arms files live in conf/compare/
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SPEC_KEYS = {"arms", "seeds", "overrides"}
+CENTRALIZED = "centralized"  # strategy.algorithm of the pooled-rows reference (no Flower)
 TIMING_FILE = "compare.json"  # written into each run folder: arm, seed, overrides, wall seconds
 
 
@@ -155,7 +156,8 @@ def compose(overrides: Sequence[str], what: str) -> DictConfig:
 
     try:
         cfg = load_config(list(overrides))
-        make_rule(cfg.strategy, seed=int(cfg.seed))
+        if str(cfg.strategy.algorithm) != CENTRALIZED:  # no server rule: pfms_client.centralized runs it
+            make_rule(cfg.strategy, seed=int(cfg.seed))
     except (ConfigError, ValueError, KeyError) as exc:
         raise CompareError(f"{what}: {exc}") from exc
     return cfg
@@ -251,8 +253,13 @@ def execute(run: Run, quiet: bool) -> tuple[float, dict]:
     nodes = [{"partition-id": i, "num-partitions": k} for i in range(k)]
     with flower_log(run.run_dir / "log.txt", quiet):
         t0 = time.perf_counter()
-        grid = InProcessGrid(client_app, nodes, {"overrides": shlex.join(run.overrides)})
-        _, summary = server_run(grid, run.cfg, run.run_dir)
+        if str(run.cfg.strategy.algorithm) == CENTRALIZED:  # pooled rows, one model: nothing to federate
+            from pfms_client.centralized import run_centralized
+
+            _, summary = run_centralized(run.cfg, run.run_dir)
+        else:
+            grid = InProcessGrid(client_app, nodes, {"overrides": shlex.join(run.overrides)})
+            _, summary = server_run(grid, run.cfg, run.run_dir)
         seconds = time.perf_counter() - t0
     (run.run_dir / TIMING_FILE).write_text(json.dumps(
         {"arm": run.arm, "seed": run.seed, "overrides": run.overrides, "wall_seconds": seconds}, indent=1))
