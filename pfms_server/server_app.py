@@ -85,7 +85,8 @@ def summarize(strategy: PFMSMTrec, seconds: float) -> dict:
 
 def log_summary(summary: dict, run_dir: Path | None) -> None:
     log(INFO, "")
-    log(INFO, "=== %s summary: %d rounds in %.1f s ===", summary["strategy"], summary["rounds"], summary["seconds"])
+    title = "PF-MSMTrec" if summary.get("name", "pfmsmtrec") == "pfmsmtrec" else summary["name"]
+    log(INFO, "=== %s summary: %d rounds in %.1f s ===", title, summary["rounds"], summary["seconds"])
     split = "test" if any(r["split"] == "test" for r in summary["final"]) else None
     if split:
         for line in report.round_table(summary["final"], split):
@@ -141,7 +142,7 @@ def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None) -> tuple[PFMSM
     remaining = int(cfg.num_rounds) - strategy.round_offset
     if remaining > 0:
         strategy.start(grid, ArrayRecord(), num_rounds=remaining, timeout=float(cfg.server.round_timeout))
-    summary = summarize(strategy, time.perf_counter() - t0)
+    summary = {"name": str(cfg.strategy.name), **summarize(strategy, time.perf_counter() - t0)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (run_dir / "train_log.json").write_text(json.dumps(strategy.train_log, indent=1, default=str))
     if cfg.server.plot and (run_dir / "metrics.csv").exists():
