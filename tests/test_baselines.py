@@ -36,14 +36,26 @@ class RecordingGrid(InProcessGrid):
         return replies
 
 
-def _run(home, tmp_path, strategy, *extra):
-    return run_inprocess([f"paths.home={home}", *TINY, f"strategy={strategy}", *extra], tmp_path / strategy,
-                         RecordingGrid, node_extra={"state-dir": str(tmp_path / "state")})
+@pytest.fixture(scope="module")
+def runs(pfms_home, tmp_path_factory):
+    """One 2-round run per baseline, made on first use and shared by the tests below."""
+    done = {}
+    root = tmp_path_factory.mktemp("baselines")
+
+    def get(strategy):
+        if strategy not in done:
+            done[strategy] = run_inprocess(
+                [f"paths.home={pfms_home}", *TINY, f"strategy={strategy}"], root / strategy, RecordingGrid,
+                node_extra={"state-dir": str(root / "state")})
+        return done[strategy]
+
+    get.root = root
+    return get
 
 
 @pytest.mark.parametrize("strategy", BASELINES)
-def test_each_baseline_runs_two_rounds(pfms_home, tmp_path, strategy):
-    grid, strat, summary = _run(pfms_home, tmp_path, strategy)
+def test_each_baseline_runs_two_rounds(runs, strategy):
+    grid, strat, summary = runs(strategy)
     assert summary["strategy"] == {"fedamp": "fedamp", "local": "none"}.get(strategy, "fedavg")
     assert {(r["round"], r["scenario"], r["task"]) for r in strat.rows} == {
         (2, s, t) for s in ("NL", "ES", "FR", "US") for t in ("ctr", "ctcvr")}
@@ -61,8 +73,8 @@ def test_each_baseline_runs_two_rounds(pfms_home, tmp_path, strategy):
                 assert any(not np.array_equal(arrays[n], sent[node][n]) for n in arrays)
 
 
-def test_fedavg_sends_every_scenario_the_same_model_and_shares_all_but_embeddings(pfms_home, tmp_path):
-    grid, strat, _ = _run(pfms_home, tmp_path, "fedavg")
+def test_fedavg_sends_every_scenario_the_same_model_and_shares_all_but_embeddings(runs):
+    grid, strat, _ = runs("fedavg")
     sent = list(grid.down[1].values())  # round 2: after one aggregation
     for other in sent[1:]:
         for name in sent[0]:
@@ -72,25 +84,25 @@ def test_fedavg_sends_every_scenario_the_same_model_and_shares_all_but_embedding
     assert not any(n.startswith("embedding") for n in names)
 
 
-def test_fedper_and_fedrep_never_upload_towers(pfms_home, tmp_path):
+def test_fedper_and_fedrep_never_upload_towers(runs):
     for strategy in ("fedper", "fedrep"):
-        grid, _, _ = _run(pfms_home, tmp_path, strategy)
+        grid, _, _ = runs(strategy)
         for rnd in grid.up + grid.down:
             for arrays in rnd.values():
                 assert arrays and not any(n.startswith("towers") for n in arrays), strategy
 
 
-def test_local_only_sends_nothing(pfms_home, tmp_path):
-    grid, strat, _ = _run(pfms_home, tmp_path, "local")
+def test_local_only_sends_nothing(runs):
+    grid, strat, _ = runs("local")
     assert all(not arrays for rnd in grid.up + grid.down for arrays in rnd.values())
     assert [r["upload_bytes"] for r in strat.train_log] == [0] * 8
 
 
-def test_ditto_evaluates_a_personal_model_that_differs_from_the_global_one(pfms_home, tmp_path):
-    _run(pfms_home, tmp_path, "ditto")
-    run_key = "ditto"
-    glob = torch.load(tmp_path / "state" / run_key / "NL.pt", weights_only=True)["state"]
-    pers = torch.load(tmp_path / "state" / run_key / "NL+personal.pt", weights_only=True)
+def test_ditto_evaluates_a_personal_model_that_differs_from_the_global_one(runs):
+    runs("ditto")
+    state = runs.root / "state" / "ditto"  # <state-dir>/<run folder name>/
+    glob = torch.load(state / "NL.pt", weights_only=True)["state"]
+    pers = torch.load(state / "NL+personal.pt", weights_only=True)
     assert pers["round"] == 2
     assert any(not torch.equal(glob[n], pers["state"][n]) for n in glob if n.startswith("towers"))
 
