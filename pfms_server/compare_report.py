@@ -211,15 +211,19 @@ def plot_mean_auc(by_round: dict[str, dict[str, np.ndarray]], png_path: Path, sp
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for arm, d in by_round.items():
-        (line,) = ax.plot(d["round"], d["mean"], marker="o", label=arm)
-        ax.fill_between(d["round"], d["min"], d["max"], color=line.get_color(), alpha=0.15, linewidth=0)
+    # 20 colours x 4 markers: up to 80 arms stay distinguishable (the default cycle repeats after 10).
+    colors = plt.get_cmap("tab20").colors
+    markers = ("o", "s", "^", "D")
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for i, (arm, d) in enumerate(by_round.items()):
+        color = colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20]
+        ax.plot(d["round"], d["mean"], marker=markers[(i // 10) % len(markers)], markersize=4, color=color, label=arm)
+        ax.fill_between(d["round"], d["min"], d["max"], color=color, alpha=0.12, linewidth=0)
     ax.set_xlabel("round")
     ax.set_ylabel(f"mean {split} AUC (scenarios x tasks)")
     ax.set_title("mean over seeds; band: min-max over seeds")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, dpi=110)
