@@ -45,6 +45,13 @@ def weighted_average(arrays: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.tensordot(w, a, axes=(0, 0))
 
 
+def average(uploads: list[Arrays], weights: np.ndarray, name: str) -> np.ndarray:
+    """One named tensor averaged over clients, in its own dtype (integer counters rounded)."""
+    like = uploads[0][name]
+    avg = weighted_average(np.stack([u[name] for u in uploads]), weights)
+    return np.rint(avg).astype(like.dtype) if like.dtype.kind in "iu" else avg.astype(like.dtype)
+
+
 def fedavg_round(state: "ServerState", uploads: Mapping[str, Arrays], num_examples: Mapping[str, int]) -> "ServerState":
     """FedAvg and its family (FedProx, FedBN, FedPer, FedRep, Ditto): every uploaded tensor
     becomes the sample-weighted mean, one copy that every scenario receives next."""
@@ -53,10 +60,9 @@ def fedavg_round(state: "ServerState", uploads: Mapping[str, Arrays], num_exampl
     if not scen:
         return new
     weights = np.array([float(num_examples[k]) for k in scen])
-    for name in sorted(uploads[scen[0]]):
-        like = uploads[scen[0]][name]
-        avg = weighted_average(np.stack([uploads[k][name] for k in scen]), weights)
-        new.global_arrays[name] = np.rint(avg).astype(like.dtype) if like.dtype.kind in "iu" else avg.astype(like.dtype)
+    stacked = [uploads[k] for k in scen]
+    for name in sorted(stacked[0]):
+        new.global_arrays[name] = average(stacked, weights, name)
     for k in scen:
         new.own(k).num_examples = int(num_examples[k])
     new.round = state.round + 1

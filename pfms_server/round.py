@@ -17,7 +17,7 @@ import numpy as np
 from pfms_client.template import Group, classify
 
 from .conflict import coordinate
-from .fedavg import weighted_average
+from .fedavg import average
 from .personalize import HyperParam, hypergradient, personalized_next, sgd_step
 from .state import Arrays, ServerState
 from .towers import tower_next
@@ -103,12 +103,6 @@ def unflat(vector: np.ndarray, like: Arrays, names: list[str]) -> Arrays:
         out[n] = vector[pos : pos + size].reshape(like[n].shape).astype(like[n].dtype)
         pos += size
     return out
-
-
-def average(uploads: list[Arrays], weights: np.ndarray, name: str) -> np.ndarray:
-    like = uploads[0][name]
-    avg = weighted_average(np.stack([u[name] for u in uploads]), weights)
-    return np.rint(avg).astype(like.dtype) if like.dtype.kind in "iu" else avg.astype(like.dtype)
 
 
 def aggregate_round(
