@@ -36,7 +36,6 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -283,18 +282,6 @@ def run_centralized(cfg: DictConfig, run_dir: Path) -> tuple[list[dict], dict]:
     return rows, summary
 
 
-def make_run_dir(cfg: DictConfig) -> Path:
-    """``paths.runs/<run_name or timestamp-centralized>``, numbered if taken (as the ServerApp names it)."""
-    root = Path(str(cfg.paths.runs)).expanduser()
-    name = cfg.run_name or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{cfg.strategy.name}"
-    run_dir, i = root / str(name), 1
-    while run_dir.exists():
-        i += 1
-        run_dir = root / f"{name}-{i}"
-    run_dir.mkdir(parents=True)
-    return run_dir
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m pfms_client.centralized [hydra overrides]``; strategy=centralized is implied."""
     from .config import load_config
@@ -303,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not any(a.split("=", 1)[0].lstrip("+~") == "strategy" for a in args):
         args.insert(0, "strategy=centralized")
     cfg = load_config(args)
-    run_centralized(cfg, make_run_dir(cfg))
+    run_centralized(cfg, report.make_run_dir(cfg))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import csv
 import math
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping
+
+def make_run_dir(cfg) -> Path:
+    """``paths.runs/<run_name or timestamp-strategy>``, numbered if the name is taken."""
+    root = Path(str(cfg.paths.runs)).expanduser()
+    name = cfg.run_name or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{cfg.strategy.name}"
+    run_dir, i = root / str(name), 1
+    while run_dir.exists():
+        i += 1
+        run_dir = root / f"{name}-{i}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
 
 METRIC_FIELDS = ["round", "scenario", "task", "split", "auc", "logloss", "n"]
 

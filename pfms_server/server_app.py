@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from datetime import datetime, timezone
 from logging import INFO
 from pathlib import Path
 
@@ -30,17 +29,6 @@ from .state import ServerState
 from .strategy import PFMSMTrec
 
 app = ServerApp()
-
-
-def make_run_dir(cfg: DictConfig) -> Path:
-    root = Path(str(cfg.paths.runs)).expanduser()
-    name = cfg.run_name or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{cfg.strategy.name}"
-    run_dir, i = root / str(name), 1
-    while run_dir.exists():
-        i += 1
-        run_dir = root / f"{name}-{i}"
-    run_dir.mkdir(parents=True)
-    return run_dir
 
 
 def build_strategy(cfg: DictConfig, run_dir: Path | None, state: ServerState | None = None) -> PFMSMTrec:
@@ -126,7 +114,7 @@ def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None) -> tuple[PFMSM
         OmegaConf.save(cfg, run_dir / f"config.resume-{state.round}.yaml")
         log(INFO, "resuming %s after round %d", run_dir, state.round)
     else:
-        run_dir = run_dir or make_run_dir(cfg)
+        run_dir = run_dir or report.make_run_dir(cfg)
         OmegaConf.save(cfg, run_dir / "config.yaml")
     strategy = build_strategy(cfg, run_dir, state)
     if state is not None and (run_dir / "metrics.csv").is_file():
