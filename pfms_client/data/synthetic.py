@@ -48,8 +48,24 @@ _FIELD_WEIGHT_RANGE = (0.2, 1.0)  # relative importance of the id fields (then n
 _SEARCH_ID_BASE_MAX = 10**9  # search ids start at a random per-scenario base below this
 
 
+class KnobParams:
+    """Config <-> frozen knob dataclass: an unknown knob is an error; YAML lists are tuples inside."""
+
+    @classmethod
+    def from_dict(cls, knobs: dict[str, Any]) -> Any:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(knobs) - names)
+        if unknown:
+            raise ValueError(f"generator: unknown knob(s) {unknown}; known: {sorted(names)}")
+        clean = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in knobs.items()}
+        return cls(**clean)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
 @dataclass(frozen=True)
-class GeneratorParams:
+class GeneratorParams(KnobParams):
     """Generator knobs. Defaults mirror ``conf/dataset/synthetic.yaml`` (a test keeps them in sync)."""
 
     rows_train: int = 20_000
@@ -94,18 +110,6 @@ class GeneratorParams:
         if self.vocab_range[0] < 2:
             raise ValueError("generator: vocab_range must start at >= 2")
 
-    @classmethod
-    def from_dict(cls, knobs: dict[str, Any]) -> GeneratorParams:
-        """Build from config/CLI values; an unknown knob is an error, lists become tuples."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(knobs) - names)
-        if unknown:
-            raise ValueError(f"generator: unknown knob(s) {unknown}; known: {sorted(names)}")
-        clean = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in knobs.items()}
-        return cls(**clean)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,12 @@ same scenario in a full run.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from .synthetic import _calibrate, _sigmoid, scenario_key
+from .synthetic import KnobParams, _calibrate, _sigmoid, scenario_key
 
 # The Tenrec QK-video / QB-video column order.
 COLUMNS = (
@@ -50,7 +50,7 @@ _SCENARIO_STREAM = 11
 
 
 @dataclass(frozen=True)
-class TenrecGeneratorParams:
+class TenrecGeneratorParams(KnobParams):
     """Generator knobs; defaults mirror ``conf/dataset/synthetic_tenrec.yaml`` (a test checks)."""
 
     rows: int = 30_000  # per scenario; the reader holds out the test rows
@@ -109,19 +109,6 @@ class TenrecGeneratorParams:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi < 1:
                 raise ValueError(f"generator: {name} must satisfy 0 < low <= high < 1")
-
-    @classmethod
-    def from_dict(cls, knobs: dict[str, Any]) -> TenrecGeneratorParams:
-        """Build from config values; an unknown knob is an error, lists become tuples."""
-        names = knob_names()
-        unknown = sorted(set(knobs) - names)
-        if unknown:
-            raise ValueError(f"generator: unknown knob(s) {unknown}; known: {sorted(names)}")
-        clean = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in knobs.items()}
-        return cls(**clean)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def knob_names() -> set[str]:
