@@ -9,7 +9,7 @@ DataValidationError naming the file, column and line.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ import pandas as pd
 from .errors import DataValidationError
 
 _HEADER_LINE = 1
-_FIRST_DATA_LINE = 2
+FIRST_DATA_LINE = 2
 _SEP = "\t"
 _TYPE_SEP = ":"
 
@@ -49,37 +49,28 @@ def read_atomic(path: Path, columns: Sequence[str], missing_hint: str = "") -> p
         encoding="utf-8",
     )
     if len(df) == 0:
-        raise DataValidationError(path, "no data rows", line=_FIRST_DATA_LINE)
+        raise DataValidationError(path, "no data rows", line=FIRST_DATA_LINE)
     return df[list(columns)]
+
+
+def fail_at_first(bad: np.ndarray, path: Path, column: str, reason: Callable[[int], str]) -> None:
+    """Raise DataValidationError at the first row where ``bad`` holds, with its file line."""
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataValidationError(path, reason(row), column=column, line=row + FIRST_DATA_LINE)
 
 
 def int_column(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     """Integer cells (``"196"``, ``"3.0"``) as int64; anything else is an error with its line."""
     values = number_column(df, column, path)
-    bad = values != np.floor(values)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise DataValidationError(
-            path,
-            f"{df[column].iloc[row]!r} is not an integer",
-            column=column,
-            line=row + _FIRST_DATA_LINE,
-        )
+    fail_at_first(values != np.floor(values), path, column, lambda row: f"{df[column].iloc[row]!r} is not an integer")
     return values.astype(np.int64)
 
 
 def number_column(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     """Finite numeric cells as float64; an empty or non-numeric cell is an error with its line."""
     values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise DataValidationError(
-            path,
-            f"{df[column].iloc[row]!r} is not a finite number",
-            column=column,
-            line=row + _FIRST_DATA_LINE,
-        )
+    fail_at_first(~np.isfinite(values), path, column, lambda row: f"{df[column].iloc[row]!r} is not a finite number")
     return values
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .atomic import int_column, number_column, read_atomic
+from .atomic import FIRST_DATA_LINE, fail_at_first, int_column, number_column, read_atomic
 from .errors import DataValidationError
 from .generator import _RATE_DIGITS
 from .movielens_fetch import RAW_FILES, fetch_raw
@@ -41,7 +41,6 @@ RATING_DECIMALS = 2
 _INTER = ("user_id", "item_id", "rating", "timestamp")
 _USER = ("user_id", "age", "gender", "occupation")
 _ITEM = ("item_id", "release_year", "class")
-_FIRST_DATA_LINE = 2
 
 
 @dataclass(frozen=True)
@@ -108,11 +107,7 @@ def convert(source: MovieLensSource, genre_columns: Sequence[str]) -> dict[str, 
     user_pos = _lookup(users["user_id"], inter["user_id"], paths["inter"], "user_id", paths["user"])
     item_pos = _lookup(items["item_id"], inter["item_id"], paths["inter"], "item_id", paths["item"])
     rating = inter["rating"]
-    if (rating < 0).any():
-        row = int(np.argmax(rating < 0))
-        raise DataValidationError(
-            paths["inter"], "negative rating", column="rating", line=row + _FIRST_DATA_LINE
-        )
+    fail_at_first(rating < 0, paths["inter"], "rating", lambda row: "negative rating")
 
     age_band = _assign(users[AGE], source.groups[AGE], AGE, paths["user"], ranges=True)
     if source.grouping == AGE:
@@ -242,20 +237,14 @@ def _read_raw(source: MovieLensSource) -> tuple[dict, dict, dict, dict[str, Path
 
 def _ids(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     values = int_column(df, column, path)
-    if (values < 0).any():
-        row = int(np.argmax(values < 0))
-        raise DataValidationError(path, "negative id", column=column, line=row + _FIRST_DATA_LINE)
+    fail_at_first(values < 0, path, column, lambda row: "negative id")
     return values
 
 
 def _unique_ids(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     values = _ids(df, column, path)
-    dup = pd.Series(values).duplicated().to_numpy()
-    if dup.any():
-        row = int(np.argmax(dup))
-        raise DataValidationError(
-            path, f"duplicate {column} {values[row]}", column=column, line=row + _FIRST_DATA_LINE
-        )
+    fail_at_first(pd.Series(values).duplicated().to_numpy(), path, column,
+                  lambda row: f"duplicate {column} {values[row]}")
     return values
 
 
@@ -270,14 +259,7 @@ def _lookup(
 ) -> np.ndarray:
     """Row of each ``wanted`` id in ``keys``; an unknown id is an error at its line of ``path``."""
     pos = pd.Index(keys).get_indexer(wanted)
-    if (pos < 0).any():
-        row = int(np.argmax(pos < 0))
-        raise DataValidationError(
-            path,
-            f"{column} {wanted[row]} is not in {table.name}",
-            column=column,
-            line=row + _FIRST_DATA_LINE,
-        )
+    fail_at_first(pos < 0, path, column, lambda row: f"{column} {wanted[row]} is not in {table.name}")
     return pos
 
 
@@ -293,14 +275,8 @@ def _assign(
         else:
             hit = np.isin(values, [str(v) for v in spec])
         group[hit & (group < 0)] = k
-    if (group < 0).any():
-        row = int(np.argmax(group < 0))
-        raise DataValidationError(
-            path,
-            f"{column} {values[row]!r} is in no group of dataset.source.groups.{column} {groups}",
-            column=column,
-            line=row + _FIRST_DATA_LINE,
-        )
+    fail_at_first(group < 0, path, column,
+                  lambda row: f"{column} {values[row]!r} is in no group of dataset.source.groups.{column} {groups}")
     return group
 
 
@@ -322,7 +298,7 @@ def _genre_flags(classes: np.ndarray, genre_columns: Sequence[str], path: Path) 
                     path,
                     f"genre {genre!r} has no column: declare {col} in schema.numerical",
                     column="class",
-                    line=row + _FIRST_DATA_LINE,
+                    line=row + FIRST_DATA_LINE,
                 )
             flags[row, index[col]] = 1
     return flags
