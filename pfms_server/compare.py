@@ -8,7 +8,8 @@ so a typo fails in seconds, not an hour in. A run folder with a summary.json is
 finished and skipped, so an interrupted comparison continues where it stopped.
 
 Writes to ``<out>``: results.csv / results.md (test AUC and LogLoss per scenario x task,
-mean ± std over seeds), upload_bytes.csv, timing.csv, auc_by_round.png.
+mean ± std over seeds; each arm's difference from the first arm, paired by seed), paired.csv,
+upload_bytes.csv, timing.csv, auc_by_round.png.
 """
 
 from __future__ import annotations
@@ -329,15 +330,18 @@ def write_report(out: Path, runs: Sequence[Run], arms: dict[str, list[str]], see
     metrics, upload, timing, best_val = collect(runs)
     order = _config_order(runs)
     metrics.sort(key=lambda r: order.get((r["scenario"], r["task"]), len(order)))
-    results = cr.aggregate(cr.final_rows(metrics, "test"), list(arms))
+    final = cr.final_rows(metrics, "test")
+    results = cr.aggregate(final, list(arms))
     if not results:
         raise CompareError("no test metrics in the run folders: keep 'test' in eval.splits")
     cr.write_csv(out / "results.csv", results, cr.RESULT_FIELDS)
     cr.write_csv(out / "upload_bytes.csv", upload, cr.UPLOAD_FIELDS)
     cr.write_csv(out / "timing.csv", timing, cr.TIMING_FIELDS)
+    paired = cr.paired_differences(final, next(iter(arms)))
+    cr.write_csv(out / "paired.csv", paired, cr.PAIRED_FIELDS)
     best = {a: cr.spread(v) for a, v in best_val.items()} if len(best_val) == len(arms) else None
     (out / "results.md").write_text(cr.markdown(results, timing, upload, seeds=seeds, arm_overrides=arms,
-                                                common=common, best_val=best))
+                                                common=common, best_val=best, paired=paired))
     cr.plot_mean_auc(cr.mean_by_round(metrics, "test"), out / "auc_by_round.png")
     return results
 
@@ -404,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         if r["scenario"] == cr.MEAN:
             print(f"  {r['arm']:<22} {cr.fmt_spread(r['auc_mean'], r['auc_std'])}")
-    print(f"wrote {out}/results.md, results.csv, upload_bytes.csv, timing.csv, auc_by_round.png")
+    print(f"wrote {out}/results.md, results.csv, paired.csv, upload_bytes.csv, timing.csv, auc_by_round.png")
     return 0
 
 

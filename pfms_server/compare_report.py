@@ -20,6 +20,7 @@ RESULT_FIELDS = ["arm", "scenario", "task", "final_round", "auc_mean", "auc_std"
                  "logloss_mean", "logloss_std", "n_seeds"]
 UPLOAD_FIELDS = ["arm", "seed", "round", "scenario", "bytes"]
 TIMING_FIELDS = ["arm", "seed", "seconds"]
+PAIRED_FIELDS = ["arm", "reference", "auc_diff_mean", "auc_diff_std", "n_seeds", "wins"]
 
 
 def _ordered(values: Iterable) -> list:
@@ -92,6 +93,26 @@ def aggregate(final: Sequence[dict], arms: Sequence[str] | None = None) -> list[
     return out
 
 
+def paired_differences(final: Sequence[dict], reference: str) -> list[dict]:
+    """Each arm's mean test AUC minus ``reference``'s, seed by seed, then mean and spread over seeds.
+
+    Every arm runs on the same data splits and initialisation for a given seed, so the
+    per-seed difference removes the noise the arms share; its spread is what says whether
+    a difference is real, not the two arms' unpaired spreads. ``wins``: seeds where the
+    arm is above the reference. Only seeds both arms finished are paired.
+    """
+    seed_auc = {(r["arm"], r["seed"]): r["auc"] for r in per_seed_means(final)}
+    ref = {seed: auc for (arm, seed), auc in seed_auc.items() if arm == reference}
+    out = []
+    for arm in _ordered(r["arm"] for r in final):
+        diffs = [seed_auc[(arm, seed)] - ref[seed] for seed in ref
+                 if (arm, seed) in seed_auc and not math.isnan(seed_auc[(arm, seed)]) and not math.isnan(ref[seed])]
+        mean, std, n = spread(diffs)
+        out.append({"arm": arm, "reference": reference, "auc_diff_mean": mean, "auc_diff_std": std, "n_seeds": n,
+                    "wins": sum(d > 0 for d in diffs)})
+    return out
+
+
 def mean_by_round(rows: Sequence[dict], split: str = "test") -> dict[str, dict[str, np.ndarray]]:
     """Per arm: rounds, and the mean / min / max over seeds of the per-seed mean AUC at each round."""
     seeds = per_seed_means([r for r in rows if r["split"] == split])
@@ -136,6 +157,15 @@ def fmt_spread(mean: float, std: float, decimals: int = 4) -> str:
     return f"{mean:.{decimals}f}" if math.isnan(std) else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
+def _verdict(p: dict) -> str:
+    mean, std, n, wins = p["auc_diff_mean"], p["auc_diff_std"], p["n_seeds"], p["wins"]
+    if n < 2 or math.isnan(std):
+        return "one seed: no spread"
+    if abs(mean) > std and wins in (0, n):
+        return "above" if mean > 0 else "below"
+    return "within spread"
+
+
 def _bytes(n: float) -> str:
     for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
@@ -150,7 +180,8 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 def markdown(results: Sequence[dict], timing: Sequence[dict], upload: Sequence[dict], *,
              seeds: Sequence[int], arm_overrides: dict[str, list[str]], common: Sequence[str] = (),
-             best_val: dict[str, tuple[float, float, int]] | None = None, decimals: int = 4) -> str:
+             best_val: dict[str, tuple[float, float, int]] | None = None, paired: Sequence[dict] = (),
+             decimals: int = 4) -> str:
     """The comparison as Markdown: AUC and LogLoss tables (rows = arms), cost, and what each arm is."""
     arms = _ordered(r["arm"] for r in results)
     cells = _ordered((r["scenario"], r["task"]) for r in results if r["scenario"] != MEAN)
@@ -168,6 +199,15 @@ def markdown(results: Sequence[dict], timing: Sequence[dict], upload: Sequence[d
         body = [[a, *(fmt_spread(by[(a, s, t)][f"{metric}_mean"], by[(a, s, t)][f"{metric}_std"], decimals)
                       if (a, s, t) in by else "n/a" for s, t in [*cells, (MEAN, MEAN)])] for a in arms]
         lines += ["", f"## {title}", "", *_table(header, body)]
+    if paired:
+        ref = paired[0]["reference"]
+        body = [[p["arm"], "n/a" if p["n_seeds"] == 0 else fmt_spread(p["auc_diff_mean"], p["auc_diff_std"], decimals),
+                 f"{p['wins']}/{p['n_seeds']}", _verdict(p)] for p in paired if p["arm"] != ref]
+        lines += ["", f"## Test mean AUC minus {ref}'s, paired by seed", "",
+                  f"Per seed: the arm's mean test AUC minus {ref}'s on the same seed; mean ± std of those "
+                  "differences. \"above\"/\"below\": the mean difference is larger than its spread "
+                  "(|mean| > std) and every seed agrees; otherwise \"within spread\".", "",
+                  *_table(["arm", f"AUC − {ref}", "seeds above", "verdict"], body)]
     if best_val:
         body = [[a, fmt_spread(*best_val[a][:2], decimals)] for a in arms if a in best_val]
         lines += ["", "## Test mean AUC at the round with the best mean validation AUC", "",

@@ -91,6 +91,30 @@ def test_markdown_lists_each_arm_once_with_costs(hand_rows):
     assert "`train.mu=0`" in md and "final round (2)" in md
 
 
+def test_paired_differences_subtract_seed_by_seed(hand_rows):
+    # a: seeds 1, 2 (0.7055, 0.7255); b: seeds 1, 2, 3 (0.6055, 0.6055, 0.6655). Reference b: pairs on seeds 1, 2.
+    paired = {p["arm"]: p for p in cr.paired_differences(cr.final_rows(hand_rows), "b")}
+    assert paired["b"]["auc_diff_mean"] == 0 and paired["b"]["n_seeds"] == 3 and paired["b"]["wins"] == 0
+    a = paired["a"]
+    assert a["n_seeds"] == 2 and a["wins"] == 2 and a["reference"] == "b"
+    assert a["auc_diff_mean"] == pytest.approx(0.11) and a["auc_diff_std"] == pytest.approx(np.std([0.10, 0.12], ddof=1))
+    # Unpaired, a's and b's spreads (0.014, 0.035) overlap; paired, the difference is far outside its spread.
+    assert cr._verdict(a) == "above"
+    assert cr._verdict({**a, "auc_diff_mean": -0.11, "wins": 0}) == "below"
+    assert cr._verdict({**a, "wins": 1}) == "within spread"  # the seeds disagree
+    assert cr._verdict({**a, "auc_diff_std": 0.2}) == "within spread"
+    assert cr._verdict({**a, "n_seeds": 1, "auc_diff_std": math.nan}) == "one seed: no spread"
+
+
+def test_markdown_shows_the_paired_table(hand_rows):
+    final = cr.final_rows(hand_rows)
+    md = cr.markdown(cr.aggregate(final), [], [], seeds=[1, 2, 3], arm_overrides={},
+                     paired=cr.paired_differences(final, "b"))
+    table = md.split("minus b's, paired by seed")[1].split("## ")[0]
+    assert "| a | 0.1100 ± 0.0141 | 2/2 | above |" in table
+    assert "| b |" not in table
+
+
 # --- end to end: conf/compare/smoke.yaml = pfmsmtrec and no-conflict, seeds 1, 2, tiny data, 2 rounds ------
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
@@ -122,8 +146,16 @@ def test_compare_writes_table_with_the_right_rows(smoke):
         assert float(mean_row["auc_mean"]) == pytest.approx(np.mean(seeds))
         assert float(mean_row["auc_std"]) == pytest.approx(np.std(seeds, ddof=1))
     md = (out / "results.md").read_text()
-    assert all(sum(line.startswith(f"| {a} |") for line in md.splitlines()) == 4  # AUC, LogLoss, cost, arms
-               for a in ("pfmsmtrec", "no-conflict"))
+    # AUC, LogLoss, cost, arms; no-conflict also in the paired table against pfmsmtrec (the first arm)
+    assert sum(line.startswith("| pfmsmtrec |") for line in md.splitlines()) == 4
+    assert sum(line.startswith("| no-conflict |") for line in md.splitlines()) == 5
+    paired = {p["arm"]: p for p in _csv(out / "paired.csv")}
+    assert list(next(iter(paired.values()))) == cr.PAIRED_FIELDS
+    seed_auc = {(a, s): json.loads((out / "runs" / f"{a}-seed{s}" / "summary.json").read_text())["test_mean_auc"]
+                for a in ("pfmsmtrec", "no-conflict") for s in (1, 2)}
+    diffs = [seed_auc[("no-conflict", s)] - seed_auc[("pfmsmtrec", s)] for s in (1, 2)]
+    assert float(paired["no-conflict"]["auc_diff_mean"]) == pytest.approx(np.mean(diffs))
+    assert paired["no-conflict"]["reference"] == "pfmsmtrec" and float(paired["pfmsmtrec"]["auc_diff_mean"]) == 0
     assert (out / "auc_by_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     timing = _csv(out / "timing.csv")
     assert [(t["arm"], t["seed"]) for t in timing] == [
