@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pfms_server import compare_report as cr
-from pfms_server.compare import main
+from pfms_server.compare import load_arms, main
 
 SCENARIOS, TASKS = ("NL", "ES"), ("ctr", "ctcvr")
 
@@ -202,6 +202,24 @@ def test_dry_run_composes_and_runs_nothing(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "8 arms x 1 seeds = 8 runs" in printed and "[8/8] no-template seed=7" in printed
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["default", "baselines", "full", "mu"])
+def test_every_shipped_arms_file_composes(name, tmp_path, capsys):
+    assert main(["--arms", name, "--seeds", "1", "--dry-run", "--out", str(tmp_path / "plan"),
+                 f"paths.home={tmp_path}"]) == 0
+    arms = load_arms(name).arms
+    assert f"{len(arms)} arms x 1 seeds" in capsys.readouterr().out
+
+
+def test_mu_arms_set_the_proximal_weight_each_run_uses():
+    from pfms_client.local_update import train_config
+    from pfms_server.compare import compose
+
+    arms = load_arms("mu").arms
+    mus = {a: train_config(compose(o, a)).mu for a, o in arms.items() if a != "local"}
+    assert mus == {"mu0.003": 0.003, "mu0": 0.0, "mu0.001": 0.001, "mu0.01": 0.01}
+    assert train_config(compose(load_arms("full").arms["mu0"], "mu0")).mu == 0.0
 
 
 # --- bad input stops before any run --------------------------------------------------------------------
