@@ -2,10 +2,11 @@
 
 Trains one scenario's `small` MMoE for a few epochs; each epoch stands for a round
 (the anchor is reset to the epoch's starting weights). For every uploaded group
-(global experts, scenario experts, each task's tower) it prints the mean over
-batches and tensors of ||mu * (theta - anchor)||, divided by the same sum of ||grad BCE||. A rare task's tower has small
-BCE gradients, so the same mu weighs more on it: that is what held back Tenrec's
-`like` task at mu = 0.01 (docs/results.md).
+(global experts, scenario experts, each task's tower) it prints the sum over
+batches and tensors of ||mu * (theta - anchor)|| divided by the same sum of
+||grad BCE||. A rare task's tower has small BCE gradients, so the same mu weighs
+more on it: that is what held back Tenrec's `like` task at mu = 0.01
+(docs/results.md).
 
     python benchmarks/prox_gradients.py [--mu 0.01] [--epochs 8] [hydra overrides, e.g. dataset=synthetic_tenrec]
 """

@@ -159,6 +159,8 @@ def fmt_spread(mean: float, std: float, decimals: int = 4) -> str:
 
 def _verdict(p: dict) -> str:
     mean, std, n, wins = p["auc_diff_mean"], p["auc_diff_std"], p["n_seeds"], p["wins"]
+    if n == 0:
+        return "no paired seeds"
     if n < 2 or math.isnan(std):
         return "one seed: no spread"
     if abs(mean) > std and wins in (0, n):

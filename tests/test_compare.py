@@ -104,6 +104,8 @@ def test_paired_differences_subtract_seed_by_seed(hand_rows):
     assert cr._verdict({**a, "wins": 1}) == "within spread"  # the seeds disagree
     assert cr._verdict({**a, "auc_diff_std": 0.2}) == "within spread"
     assert cr._verdict({**a, "n_seeds": 1, "auc_diff_std": math.nan}) == "one seed: no spread"
+    assert cr._verdict({**a, "n_seeds": 0, "wins": 0, "auc_diff_mean": math.nan, "auc_diff_std": math.nan}) \
+        == "no paired seeds"
 
 
 def test_markdown_shows_the_paired_table(hand_rows):
