@@ -206,7 +206,7 @@ def test_dry_run_composes_and_runs_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", ["default", "baselines", "full", "mu"])
+@pytest.mark.parametrize("name", ["default", "baselines", "full", "mu", "conflict"])
 def test_every_shipped_arms_file_composes(name, tmp_path, capsys):
     assert main(["--arms", name, "--seeds", "1", "--dry-run", "--out", str(tmp_path / "plan"),
                  f"paths.home={tmp_path}"]) == 0
