@@ -19,7 +19,6 @@ from pfms_client.data.synthetic_tenrec import (
     COLUMNS,
     TenrecArrays,
     TenrecGeneratorParams,
-    knob_names,
     simulate_tenrec_scenario,
 )
 
@@ -157,7 +156,7 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
 
 def test_yaml_generator_matches_code_defaults():
     node = tenrec_synth_cfg(Path("/unused"))["generator"]
-    assert set(node) == knob_names()
+    assert set(node) == TenrecGeneratorParams.knob_names()
     assert TenrecGeneratorParams.from_dict(copy.deepcopy(node)) == TenrecGeneratorParams()
 
 

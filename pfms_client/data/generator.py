@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows-train", type=int, default=_DEFAULTS.rows_train)
     parser.add_argument("--rows-test", type=int, default=_DEFAULTS.rows_test)
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    knob_names = sorted(f.name for f in fields(GeneratorParams))
+    knob_names = sorted(GeneratorParams.knob_names())
     parser.add_argument(
         "--set",
         action="append",

@@ -8,14 +8,14 @@ never falls back to a silent default.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config_utils import check_keys, to_plain
 from .schema import DatasetSchema
 from .synthetic import GeneratorParams
-from .synthetic_tenrec import knob_names as tenrec_knob_names
+from .synthetic_tenrec import TenrecGeneratorParams
 
 LAYOUTS = ("aliexpress", "tenrec")
 NUMERIC_TRANSFORMS = ("none", "standardize")
@@ -40,8 +40,8 @@ _LAYOUT_KEYS = {
 _OPTIONAL_LAYOUT_KEYS = {"aliexpress": (), "tenrec": ("source",)}
 # Each layout has its own generator, so its own knobs.
 _GENERATOR_KNOBS = {
-    "aliexpress": frozenset(f.name for f in fields(GeneratorParams)),
-    "tenrec": frozenset(tenrec_knob_names()),
+    "aliexpress": GeneratorParams.knob_names(),
+    "tenrec": TenrecGeneratorParams.knob_names(),
 }
 # Raw-file sources by `source.kind`: their keys, all required (values: see movielens.py).
 _SOURCE_KEYS = {

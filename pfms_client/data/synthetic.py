@@ -52,8 +52,12 @@ class KnobParams:
     """Config <-> frozen knob dataclass: an unknown knob is an error; YAML lists are tuples inside."""
 
     @classmethod
+    def knob_names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))
+
+    @classmethod
     def from_dict(cls, knobs: dict[str, Any]) -> Any:
-        names = {f.name for f in fields(cls)}
+        names = cls.knob_names()
         unknown = sorted(set(knobs) - names)
         if unknown:
             raise ValueError(f"generator: unknown knob(s) {unknown}; known: {sorted(names)}")
@@ -109,7 +113,6 @@ class GeneratorParams(KnobParams):
             raise ValueError("generator: id_window must be in (0, 1]")
         if self.vocab_range[0] < 2:
             raise ValueError("generator: vocab_range must start at >= 2")
-
 
 
 @dataclass(frozen=True)

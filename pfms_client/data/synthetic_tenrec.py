@@ -23,8 +23,7 @@ same scenario in a full run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -109,10 +108,6 @@ class TenrecGeneratorParams(KnobParams):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi < 1:
                 raise ValueError(f"generator: {name} must satisfy 0 < low <= high < 1")
-
-
-def knob_names() -> set[str]:
-    return {f.name for f in fields(TenrecGeneratorParams)}
 
 
 @dataclass(frozen=True)
