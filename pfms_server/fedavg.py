@@ -60,9 +60,9 @@ def fedavg_round(state: "ServerState", uploads: Mapping[str, Arrays], num_exampl
     if not scen:
         return new
     weights = np.array([float(num_examples[k]) for k in scen])
-    stacked = [uploads[k] for k in scen]
-    for name in sorted(stacked[0]):
-        new.global_arrays[name] = average(stacked, weights, name)
+    scen_uploads = [uploads[k] for k in scen]
+    for name in sorted(scen_uploads[0]):
+        new.global_arrays[name] = average(scen_uploads, weights, name)
     for k in scen:
         new.own(k).num_examples = int(num_examples[k])
     new.round = state.round + 1

@@ -6,9 +6,10 @@ import csv
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
-def make_run_dir(cfg) -> Path:
+
+def make_run_dir(cfg: Any) -> Path:
     """``paths.runs/<run_name or timestamp-strategy>``, numbered if the name is taken."""
     root = Path(str(cfg.paths.runs)).expanduser()
     name = cfg.run_name or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{cfg.strategy.name}"

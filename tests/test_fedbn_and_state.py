@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from conftest import inprocess_overrides, run_inprocess
 from pfms_client.client_app import Session, app as client_app, to_record

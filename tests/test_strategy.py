@@ -3,7 +3,7 @@
 import logging
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array
 
 from conftest import inprocess_overrides, run_inprocess
 from pfms_server.inprocess import InProcessGrid
