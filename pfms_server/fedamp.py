@@ -35,9 +35,14 @@ def attention_weights(vectors: np.ndarray, self_weight: float, sigma: float) -> 
     k = vectors.shape[0]
     if k == 1:
         return np.ones((1, 1))
-    norms = np.linalg.norm(vectors, axis=1)
-    cos = (vectors @ vectors.T) / np.maximum(np.outer(norms, norms), 1e-12)
-    logits = sigma * cos
+    # Cosines of unit vectors: each row is first divided by its largest |entry|, so
+    # models anywhere in float64's range neither overflow nor underflow (a zero
+    # model has cosine 0 with every other).
+    scale = np.abs(vectors).max(axis=1, keepdims=True)
+    v = vectors / np.where(scale > 0, scale, 1.0)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    unit = v / np.where(norms > 0, norms, 1.0)
+    logits = sigma * (unit @ unit.T)
     np.fill_diagonal(logits, -np.inf)
     logits -= logits.max(axis=1, keepdims=True)
     others = np.exp(logits)
