@@ -34,6 +34,13 @@ def from_record(record: ArrayRecord) -> Arrays:
     return {k: v.numpy() for k, v in record.items()}
 
 
+def _real(value: object) -> float:
+    """A metric a client reported, as a float; NaN where it is not a finite real number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+        return float(value)
+    return float("nan")
+
+
 class PFMSMTrec(Strategy):
     """Rounds over scenario nodes; the aggregation itself is ``rule`` (PF-MSMTrec or a baseline)."""
 
@@ -176,16 +183,17 @@ class PFMSMTrec(Strategy):
             if (scenario := self._reply_scenario(msg, server_round, "training")) is None:
                 continue
             node = msg.metadata.src_node_id
-            problems = self._reply_problems(msg, self.sent[node][1])
+            problems, arrays, count = self._check_reply(msg, self.sent[node][1])
             if problems:
                 log(WARNING, "round %d: dropping reply of node %d (%s): %s",
                     server_round, node, scenario, "; ".join(problems[:5]))
                 dropped.append(scenario)
                 continue
-            uploads[scenario] = from_record(msg.content["arrays"])
-            sizes[scenario] = int(sum(a.nbytes for a in uploads[scenario].values()))
-            counts[scenario] = int(msg.content["metrics"]["num-examples"])
-            metrics[scenario] = dict(msg.content["metrics"])
+            uploads[scenario] = arrays
+            sizes[scenario] = int(sum(a.nbytes for a in arrays.values()))
+            counts[scenario] = count
+            reported = msg.content["metrics"]  # informative only: never trusted to be numbers
+            metrics[scenario] = {k: _real(reported.get(k)) for k in ("train_bce", "samples_per_s")}
         silent = sorted({sc for sc, _ in self.sent.values()} - set(uploads) - set(dropped))
         if silent:
             log(WARNING, "round %d: no usable reply from %s", server_round, ", ".join(silent))
@@ -200,22 +208,29 @@ class PFMSMTrec(Strategy):
         for scenario in sorted(uploads):
             m, hp = metrics[scenario], hps.get(scenario, {"alpha": None, "beta_mean": None})
             log(INFO, "  %-10s n=%-7d bce=%.4f  %.0f samples/s  up=%d B  alpha=%s  beta=%s", scenario,
-                counts[scenario], m.get("train_bce", float("nan")), m.get("samples_per_s", 0.0), sizes[scenario],
+                counts[scenario], m["train_bce"], m["samples_per_s"], sizes[scenario],
                 "-" if hp["alpha"] is None else np.round(hp["alpha"], 4).tolist(),
                 "-" if hp["beta_mean"] is None else f"{hp['beta_mean']:.4f}")
-            self.train_log.append({"round": server_round, "scenario": scenario, **hp, "train_bce": m.get("train_bce"),
+            self.train_log.append({"round": server_round, "scenario": scenario, **hp,
+                                   "train_bce": m["train_bce"] if np.isfinite(m["train_bce"]) else None,
                                    "num_examples": counts[scenario], "upload_bytes": sizes[scenario]})
         if self.run_dir is not None:
             self.state.save(self.run_dir / "server_state")
-        total = sum(counts.values())
-        mean_bce = sum(metrics[s].get("train_bce", 0.0) * counts[s] for s in uploads) / total
+        # Sample-weighted over the replies that report a loss; counts scaled by their
+        # maximum first, as in FedAvg, so that huge (but finite) counts cannot overflow.
+        with_bce = [s for s in sorted(uploads) if np.isfinite(metrics[s]["train_bce"])]
+        w = np.array([float(counts[s]) for s in with_bce])
+        w = w / w.max() if with_bce else w
+        mean_bce = float(np.dot(w, [metrics[s]["train_bce"] for s in with_bce]) / w.sum()) if with_bce else float("nan")
         return to_record(self.state.global_arrays), MetricRecord({"train_bce": mean_bce, "clients": len(uploads)})
 
     def _reply_scenario(self, msg: Message, server_round: int, phase: str) -> str | None:
         """The scenario a reply speaks for; None (logged) for an error, a stranger or a wrong claim."""
         node = msg.metadata.src_node_id
         if msg.has_error():
-            log(WARNING, "round %d: %s failed on node %d: %s", server_round, phase, node, msg.error.reason)
+            scenario = self.sent[node][0] if node in self.sent else "?"
+            log(WARNING, "round %d: %s failed on node %d (%s): %s", server_round, phase, node, scenario,
+                msg.error.reason)
             return None
         if node not in self.sent:
             log(WARNING, "round %d: %s reply from node %d that was not sent work; dropped", server_round, phase, node)
@@ -229,14 +244,37 @@ class PFMSMTrec(Strategy):
             return None
         return scenario
 
-    def _reply_problems(self, msg: Message, expected: Arrays) -> list[str]:
+    @staticmethod
+    def _check_reply(msg: Message, expected: Arrays) -> tuple[list[str], Arrays, int]:
+        """(problems, the uploaded tensors, the sample count) of a train reply.
+
+        Everything in a reply is what a client chose to send: records of another
+        type, tensor bytes that are no array, a count that is a string or rounds
+        to zero must all become a problem for this reply, never an exception
+        that stops the server."""
         content = msg.content
         if "arrays" not in content or "metrics" not in content:
-            return ["reply lacks arrays or metrics"]
-        problems = upload_problems(from_record(content["arrays"]), expected)
-        if (p := count_problems(content["metrics"].get("num-examples"))) is not None:
+            return ["reply lacks arrays or metrics"], {}, 0
+        record = content["arrays"]
+        if not isinstance(record, ArrayRecord):
+            return [f"'arrays' is a {type(record).__name__}, not an ArrayRecord"], {}, 0
+        arrays: Arrays = {}
+        problems = []
+        for name, array in record.items():
+            try:
+                arrays[name] = array.numpy()
+            except Exception as exc:  # pylint: disable=broad-exception-caught  # any bytes may arrive
+                problems.append(f"tensor {name}: cannot be decoded ({type(exc).__name__}: {exc})")
+        if problems:
+            return problems, {}, 0
+        problems = upload_problems(arrays, expected)
+        value = content["metrics"].get("num-examples")
+        count = 0
+        if (p := count_problems(value)) is not None:
             problems.append(p)
-        return problems
+        elif (count := int(float(value))) < 1:  # type: ignore[arg-type]  # a number, count_problems says
+            problems.append(f"num-examples {value!r} is less than one sample")
+        return problems, arrays, count
 
     # -- evaluation ----------------------------------------------------------------
     def configure_evaluate(
