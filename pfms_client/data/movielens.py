@@ -65,6 +65,10 @@ class MovieLensSource:
                 f"dataset.source.grouping: {grouping!r} is not one of "
                 f"dataset.source.groups {sorted(clean)}"
             )
+        for key in ("like_min_rating", "love_min_rating"):
+            v = node[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1 <= v <= 5:
+                raise ValueError(f"dataset.source.{key}={v!r}: expected a number in [1, 5] (a rating)")
         like, love = float(node["like_min_rating"]), float(node["love_min_rating"])
         if love < like:
             raise ValueError(

@@ -108,20 +108,22 @@ class DatasetSettings:
         check_keys(split_node, "dataset.split", split_keys, split_keys)
         split = SplitSettings(
             val_fraction=_fraction(split_node["val_fraction"], "dataset.split.val_fraction"),
-            seed=int(split_node["seed"]),
+            seed=_int(split_node["seed"], "dataset.split.seed", 0),
             test_fraction=(
                 _fraction(split_node["test_fraction"], "dataset.split.test_fraction", open_top=True)
                 if "test_fraction" in split_node
                 else None
             ),
-            test_seed=int(split_node["test_seed"]) if "test_seed" in split_node else None,
+            test_seed=(
+                _int(split_node["test_seed"], "dataset.split.test_seed", 0)
+                if "test_seed" in split_node
+                else None
+            ),
         )
 
         vocab = node.get("vocab") or {}
         check_keys(vocab, "dataset.vocab", ("min_count",))
-        min_count = int(vocab.get("min_count", 1))
-        if min_count < 1:
-            raise ValueError("dataset.vocab.min_count must be >= 1")
+        min_count = _int(vocab.get("min_count", 1), "dataset.vocab.min_count", 1)
 
         transform = node.get("numeric_transform", "none")
         if transform not in NUMERIC_TRANSFORMS:
@@ -130,14 +132,25 @@ class DatasetSettings:
             )
 
         scenarios = node["scenarios"]
-        if isinstance(scenarios, str) or not scenarios:
-            raise ValueError("dataset.scenarios: expected a non-empty list of names")
-        if len(set(scenarios)) != len(scenarios):
+        if not isinstance(scenarios, (list, tuple)) or not scenarios or not all(
+            _is_name(s) for s in scenarios
+        ):
+            raise ValueError(f"dataset.scenarios={scenarios!r}: expected a non-empty list of names")
+        if len({str(s) for s in scenarios}) != len(scenarios):
             raise ValueError(f"dataset.scenarios: duplicate names in {list(scenarios)}")
+        for key in ("name", "root", *layout_keys):
+            if not _is_name(node[key]):
+                raise ValueError(f"dataset.{key}={node[key]!r}: expected a non-empty string")
+        for key in ("scenario_dir", "scenario_file"):
+            if key in node and len(scenarios) > 1 and "{scenario}" not in str(node[key]):
+                raise ValueError(
+                    f"dataset.{key}={node[key]!r}: expected '{{scenario}}' in it, "
+                    "or every scenario reads the same data"
+                )
 
         max_rows = node.get("max_rows")
-        if max_rows is not None and int(max_rows) < 1:
-            raise ValueError("dataset.max_rows must be >= 1 or null")
+        if max_rows is not None:
+            max_rows = _int(max_rows, "dataset.max_rows", 1, nullable=True)
 
         return cls(
             name=str(node["name"]),
@@ -152,7 +165,7 @@ class DatasetSettings:
             train_file=node.get("train_file"),
             test_file=node.get("test_file"),
             scenario_file=node.get("scenario_file"),
-            max_rows=None if max_rows is None else int(max_rows),
+            max_rows=max_rows,
             generator=generator,
             source=source,
         )
@@ -197,9 +210,25 @@ def _source(node: Any) -> dict[str, Any] | None:
 
 def _fraction(value: Any, where: str, open_top: bool = False) -> float:
     """val_fraction may be 0 (no validation split); a test fraction must be in (0, 1)."""
+    interval = "(0, 1)" if open_top else "[0, 1)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}={value!r}: expected a number in {interval}")
     v = float(value)
     ok = (0.0 < v < 1.0) if open_top else (0.0 <= v < 1.0)
     if not ok:
-        interval = "(0, 1)" if open_top else "[0, 1)"
-        raise ValueError(f"{where}: {v} is not in {interval}")
+        raise ValueError(f"{where}={value!r}: expected a number in {interval}")
     return v
+
+
+def _int(value: Any, where: str, low: int, nullable: bool = False) -> int:
+    """An integer >= ``low``: no bool, float or string (a bare int() would take "7" and True)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{where}={value!r}: expected an integer >= {low}" + (" or null" if nullable else ""))
+    return value
+
+
+def _is_name(value: Any) -> bool:
+    """A non-empty string (Hydra reads an unquoted number as an int, so ints pass too)."""
+    return (isinstance(value, str) and value.strip() != "") or (
+        isinstance(value, int) and not isinstance(value, bool)
+    )

@@ -25,9 +25,10 @@ list of scenarios is.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -56,16 +57,46 @@ class KnobParams:
         return frozenset(f.name for f in fields(cls))
 
     @classmethod
-    def from_dict(cls, knobs: dict[str, Any]) -> Any:
+    def from_dict(cls, knobs: dict[str, Any], where: str = "generator") -> Any:
+        """Every knob a value of its field's type, >= 0 (all are counts, seeds, stds, rates,
+        shares or exponents), ranges as [low, high] with low <= high; errors name ``where.knob``."""
         names = cls.knob_names()
         unknown = sorted(set(knobs) - names)
         if unknown:
-            raise ValueError(f"generator: unknown knob(s) {unknown}; known: {sorted(names)}")
+            raise ValueError(f"{where}: unknown knob(s) {unknown}; known: {sorted(names)}")
+        hints = get_type_hints(cls)
+        for name, value in knobs.items():
+            if (expected := _knob_problem(hints[name], value)) is not None:
+                raise ValueError(f"{where}.{name}={value!r}: expected {expected}")
         clean = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in knobs.items()}
-        return cls(**clean)
+        try:
+            return cls(**clean)
+        except ValueError as exc:  # __post_init__ says "generator: ..."
+            msg = str(exc)
+            raise ValueError(where + msg[len("generator"):] if msg.startswith("generator") else msg) from exc
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _knob_problem(hint: Any, value: Any) -> str | None:
+    """What a knob of type ``hint`` should be, when ``value`` is not that; else None."""
+    if get_origin(hint) is tuple:
+        (item,) = set(get_args(hint))
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != 2
+            or any(_knob_problem(item, v) is not None for v in value)
+            or value[0] > value[1]
+        ):
+            kind = "integers" if item is int else "numbers"
+            return f"[low, high]: two {kind} with 0 <= low <= high"
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if hint is float else int):
+        return "an integer >= 0" if hint is int else "a number >= 0"
+    if not math.isfinite(value) or value < 0:
+        return "an integer >= 0" if hint is int else "a number >= 0"
+    return None
 
 
 @dataclass(frozen=True)
@@ -113,6 +144,15 @@ class GeneratorParams(KnobParams):
             raise ValueError("generator: id_window must be in (0, 1]")
         if self.vocab_range[0] < 2:
             raise ValueError("generator: vocab_range must start at >= 2")
+        if self.communality_range[1] > 1:
+            raise ValueError("generator: communality_range must lie in [0, 1]")
+        for name in ("zero_fraction_max", "id_shared_fraction"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"generator: {name} must be in [0, 1]")
+        if self.num_factors < 1 or self.site_code_max < 1:
+            raise ValueError("generator: num_factors and site_code_max must be >= 1")
+        if self.search_group_mean < 1:
+            raise ValueError("generator: search_group_mean must be >= 1 (impressions per search_id)")
 
 
 @dataclass(frozen=True)
