@@ -49,13 +49,23 @@ def parse_overrides(overrides: str | Sequence[str] | None) -> list[str]:
 
 
 def load_config(overrides: str | Sequence[str] | None = None) -> DictConfig:
-    """Compose conf/config.yaml; unknown keys and bad values raise ConfigError."""
+    """Compose conf/config.yaml and check every value the client package uses
+    (pfms_client.config_check); unknown keys and bad values raise ConfigError.
+
+    The server's keys (strategy.algorithm, conflict, ...) are checked on top by
+    pfms_server.config_check.load_run_config, which the server entry points use.
+    """
+    from .config_check import check_client_config  # it imports ConfigError from here
+
     args = parse_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose(config_name="config", overrides=args)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"bad config override in {args}: {exc}") from exc
+        # One line; Hydra's "Config search path: ..." tail says nothing about the override.
+        reason = " ".join(str(exc).split("Config search path:")[0].split())
+        raise ConfigError(f"bad config override in {args}: {reason}") from exc
+    check_client_config(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg

@@ -31,15 +31,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pfms_client.config import ConfigError, conf_dir, load_config
+from pfms_client.config import conf_dir
 
 from . import compare_report as cr
 from . import report
+from .config_check import CENTRALIZED, load_run_config
 
 ARMS_DIR = "compare"  # arms files live in conf/compare/
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SPEC_KEYS = {"arms", "seeds", "overrides"}
-CENTRALIZED = "centralized"  # strategy.algorithm of the pooled-rows reference (no Flower)
 TIMING_FILE = "compare.json"  # written into each run folder: arm, seed, overrides, wall seconds
 
 
@@ -152,16 +152,12 @@ def run_overrides(common: Sequence[str], arm_overrides: Sequence[str], arm: str,
 
 
 def compose(overrides: Sequence[str], what: str) -> DictConfig:
-    """load_config, plus building the server's aggregation rule: both fail here, naming ``what``."""
-    from .rules import make_rule
-
+    """load_run_config: every value checked (client and server rules, the aggregation rule
+    built; ``centralized`` allowed); a bad one fails here, naming ``what`` and the key."""
     try:
-        cfg = load_config(list(overrides))
-        if str(cfg.strategy.algorithm) != CENTRALIZED:  # no server rule: pfms_client.centralized runs it
-            make_rule(cfg.strategy, seed=int(cfg.seed))
-    except (ConfigError, ValueError, KeyError) as exc:
+        return load_run_config(list(overrides), flower=False)
+    except ValueError as exc:  # ConfigError
         raise CompareError(f"{what}: {exc}") from exc
-    return cfg
 
 
 def plan(arms: dict[str, list[str]], seeds: Sequence[int], common: Sequence[str], out: Path) -> list[Run]:

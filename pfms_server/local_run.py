@@ -60,9 +60,10 @@ def run_status(bindir: Path, env: dict[str, str]) -> int:
 
 
 def num_scenarios(overrides: str) -> int:
-    from pfms_client.config import load_config
+    """Every value of the run checked (a ConfigError naming the key); the number of scenarios."""
+    from .config_check import load_run_config
 
-    return len(load_config(overrides).dataset.scenarios)
+    return len(load_run_config(overrides).dataset.scenarios)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     overrides = " ".join(args.overrides)
-    try:
+    try:  # before any process starts: a bad value stops here, naming its key
         k = num_scenarios(overrides)
-    except ValueError as exc:
+    except ValueError as exc:  # ConfigError
         print(f"pfms-run: {exc}", file=sys.stderr)
         return 2
     app = Path(args.app).resolve()

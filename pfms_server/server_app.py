@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from logging import INFO
+from logging import ERROR, INFO
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +20,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 from omegaconf import DictConfig, OmegaConf
 
-from pfms_client.config import load_config
+from pfms_client.config import ConfigError
 
 from . import report
+from .config_check import load_run_config
 from .round import hyperparams
 from .rules import make_rule
 from .state import ServerState
@@ -141,4 +142,10 @@ def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None) -> tuple[PFMSM
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run(grid, load_config(str(context.run_config.get("overrides", ""))))
+    """Every value of the run config is checked before the first message is sent."""
+    try:
+        cfg = load_run_config(str(context.run_config.get("overrides", "")))
+    except ConfigError as exc:
+        log(ERROR, "pfms: %s", exc)  # the one line to read in Flower's log; the traceback follows
+        raise
+    run(grid, cfg)

@@ -35,11 +35,17 @@ def build_command(args: argparse.Namespace) -> list[str]:
 
 
 def check(args: argparse.Namespace) -> str | None:
-    """The first thing that would make the SuperLink fail, as a message."""
+    """The first thing that would make the SuperLink fail, as a message.
+
+    pfms-server has no run config: the run's values come with `flwr run` and the
+    ServerApp checks them (pfms_server.config_check) before it sends a message."""
     if not 0 < args.port < 65536:
         return f"--port {args.port} is not a TCP port"
     if args.insecure and args.enable_supernode_auth:
         return "--enable-supernode-auth needs TLS; drop --insecure"
+    for option, value in (("--log-file", args.log_file), ("--database", args.database)):
+        if value and not Path(value).expanduser().resolve().parent.is_dir():
+            return f"{option} {value}: folder {Path(value).expanduser().resolve().parent} does not exist"
     if not args.insecure:
         certs = Path(args.certs_dir)
         missing = [str(certs / f) for f in CERT_FILES if not (certs / f).is_file()]
