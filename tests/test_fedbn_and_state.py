@@ -3,11 +3,14 @@
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from conftest import inprocess_overrides, run_inprocess
 from pfms_client.client_app import Session, app as client_app, to_record
+from pfms_client.config import load_config
+from pfms_client.mmoe import build_model
 from pfms_client.state import LocalStateError
-from pfms_client.template import Group, classify
+from pfms_client.template import Group, classify, share_key, shared_parts, uploaded_names
 from pfms_server.inprocess import InProcessGrid
 
 
@@ -32,7 +35,27 @@ class RecordingGrid(InProcessGrid):
 
 
 def _bn(names):
+    """BN tensors by the template's naming rule (a ``bn`` component)."""
     return {n for n in names if classify(n).is_bn}
+
+
+BN_TENSORS = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+
+
+def bn_by_module_type(model: torch.nn.Module) -> set[str]:
+    """Every tensor of every BatchNorm module, found by the module's type, not its name:
+    a BatchNorm that someone names ``norm`` is still found here."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, _BatchNorm):
+            names.update(f"{prefix}.{k}" for k in module.state_dict())
+    assert names <= set(model.state_dict())
+    return names
+
+
+def _bn_of_run(grid) -> set[str]:
+    """BN tensors, by module type, of every node's model in a finished in-process run."""
+    return set().union(*(bn_by_module_type(Session(ctx).model) for ctx in grid.contexts.values()))
 
 
 def test_no_bn_tensor_crosses_the_wire_under_fedbn(pfms_home, tmp_path):
@@ -40,16 +63,42 @@ def test_no_bn_tensor_crosses_the_wire_under_fedbn(pfms_home, tmp_path):
                                tmp_path / "fedbn", RecordingGrid)
     assert grid.down and grid.up
     assert not _bn(grid.down) and not _bn(grid.up)
+    bn = _bn_of_run(grid)
+    assert {n.rsplit(".", 1)[1] for n in bn} == BN_TENSORS
+    assert not bn & grid.down, sorted(bn & grid.down)[:5]
+    assert not bn & grid.up, sorted(bn & grid.up)[:5]
     groups = {classify(n).group for n in grid.up}
     assert groups == {Group.GLOBAL, Group.SCENARIO, Group.TOWER}
 
 
 def test_bn_is_sent_when_fedbn_is_off(pfms_home, tmp_path):
     """The ablation: the same check fails when FedBN is switched off."""
-    grid, _, _ = run_inprocess(
+    grid, strategy, _ = run_inprocess(
         inprocess_overrides(pfms_home, "num_rounds=1", "strategy.fedbn=false", "eval.splits=[val]"),
         tmp_path / "nofedbn", RecordingGrid)
     assert _bn(grid.up) and _bn(grid.down)
+    # Every BN tensor of a shared part (G, S, towers) crosses, both ways; task experts' do not.
+    share = shared_parts(load_config(["strategy.fedbn=false"]).strategy)
+    bn = _bn_of_run(grid)
+    shared_bn = {n for n in bn if share_key(n) in share}
+    assert shared_bn and shared_bn != bn
+    assert bn & grid.up == shared_bn and bn & grid.down == shared_bn
+
+
+@pytest.mark.parametrize("strategy", ["pfmsmtrec", "fedavg", "fedper"])
+def test_fedbn_keeps_back_exactly_the_batchnorm_tensors(strategy):
+    """The template under FedBN uploads what it uploads without FedBN, minus exactly the
+    tensors of BatchNorm modules (by type): nothing else is kept back, no BN slips through."""
+    cfg = load_config([f"strategy={strategy}"])
+    model = build_model(cfg.model, field_dims=[7] * 16, num_numerical=63, num_tasks=2, seed=0)
+    names = list(model.state_dict())
+    bn = bn_by_module_type(model)
+    assert {n.rsplit(".", 1)[1] for n in bn} == BN_TENSORS
+    share = shared_parts(cfg.strategy)
+    with_bn = uploaded_names(names, fedbn=False, share=share)
+    without_bn = uploaded_names(names, fedbn=True, share=share)
+    assert set(with_bn) & bn  # there is something for FedBN to keep back
+    assert without_bn == [n for n in with_bn if n not in bn]
 
 
 def _context(overrides, node_id=7, state_dir=None):
