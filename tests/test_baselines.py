@@ -69,7 +69,8 @@ def test_each_baseline_runs_two_rounds(runs, strategy):
             assert sum(a.nbytes for a in arrays.values()) == next(
                 r["upload_bytes"] for r in strat.train_log if r["scenario"] == strat.node_scenario[node]
                 and r["round"] == rnd)
-            if arrays:
+            if arrays:  # finite (NaN would also "differ") and moved
+                assert all(np.isfinite(a).all() for a in arrays.values())
                 assert any(not np.array_equal(arrays[n], sent[node][n]) for n in arrays)
 
 
