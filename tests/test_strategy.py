@@ -6,7 +6,9 @@ import numpy as np
 from flwr.app import Array
 
 from conftest import inprocess_overrides, run_inprocess
+from pfms_client.client_app import Session
 from pfms_server.inprocess import InProcessGrid
+from pfms_server.strategy import PFMSMTrec
 
 
 class TamperingGrid(InProcessGrid):
@@ -77,14 +79,52 @@ class RestartGrid(InProcessGrid):
         return replies
 
 
-def test_node_restart_keeps_scenario_state(pfms_home, tmp_path):
+def test_node_restart_keeps_scenario_state(pfms_home, tmp_path, monkeypatch):
     RestartGrid.calls = 0
-    _, strategy, summary = run_inprocess(
-        inprocess_overrides(pfms_home, "num_rounds=2", "eval.splits=[val]"), tmp_path / "r", RestartGrid)
+    after = {}  # round -> every scenario's tensors as the server holds them after aggregating it
+    aggregate_train = PFMSMTrec.aggregate_train
+
+    def spy(self, server_round, replies):
+        out = aggregate_train(self, server_round, replies)
+        after[self.state.round] = {s: {k: v.copy() for k, v in self.state.arrays_for(s).items()}
+                                   for s in self.scenarios}
+        return out
+
+    monkeypatch.setattr(PFMSMTrec, "aggregate_train", spy)
+    train_sent = []  # per round: node -> the tensors it was sent
+
+    class Recording(RestartGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            if messages and messages[0].metadata.message_type == "train":
+                train_sent.append({m.metadata.dst_node_id: {k: v.numpy() for k, v in m.content["arrays"].items()}
+                                   for m in messages})
+            return super().send_and_receive(messages, timeout=timeout)
+
+    grid, strategy, summary = run_inprocess(
+        inprocess_overrides(pfms_home, "num_rounds=2", "eval.splits=[val]"), tmp_path / "r", Recording)
     assert strategy.node_scenario.get(5555) == "FR"
     assert sorted(strategy.node_scenario.values()) == ["ES", "FR", "NL", "US"]
     assert {r["scenario"] for r in summary["final"]} == {"ES", "FR", "NL", "US"}
     assert strategy.state.round == 2
+
+    # (a) The node back under its new id is sent FR's personalized tensors of round 1.
+    assert 5555 not in train_sent[0] and 5555 in train_sent[1]
+    got, want = train_sent[1][5555], after[1]["FR"]
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    nl = next(n for n, s in strategy.node_scenario.items() if s == "NL")
+    scenario_experts = [n for n in want if n.startswith("experts.scenario")]
+    assert any(not np.array_equal(want[n], train_sent[1][nl][n]) for n in scenario_experts)  # FR's, not NL's
+    old_fr = next(n for n in train_sent[0] if n not in train_sent[1])
+    assert any(not np.array_equal(want[n], train_sent[0][old_fr][n]) for n in scenario_experts)  # moved in round 1
+
+    # (b) Its local state (task experts, embeddings, BN) went on from round 1: two rounds trained.
+    for node in (5555, nl):
+        session = Session(grid.contexts[node])
+        session.restore()
+        assert (session.scenario, session.local.rounds_trained) == (strategy.node_scenario[node], 2)
 
 
 def test_partial_participation_trains_a_sample_and_evaluates_everybody(pfms_home, tmp_path):
