@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pfms-client: {exc}", file=sys.stderr)
         return 2
     if not reachable(host, port, args.connect_timeout):
-        print(f"pfms-client: no SuperLink answers at {host}:{port} (waited {args.connect_timeout:.0f}s)",
+        print(f"pfms-client: no SuperLink answers at {host}:{port} (waited {args.connect_timeout:g} s)",
               file=sys.stderr)
         return 3
     if args.insecure:

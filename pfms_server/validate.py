@@ -30,7 +30,7 @@ def count_problems(value: object) -> str | None:
     """The sample count must be a positive finite number."""
     try:
         n = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float
         return f"num-examples {value!r} is not a number"
     if not np.isfinite(n) or n <= 0:
         return f"num-examples {value!r} is not a positive number"

@@ -59,3 +59,7 @@ def test_positive_counts_are_accepted(value):
 def test_bad_counts_are_named(value, words):
     msg = count_problems(value)
     assert msg is not None and words in msg and msg.startswith(f"num-examples {value!r}")
+
+
+def test_a_count_too_large_for_a_float_is_named_not_raised():
+    assert count_problems(10**400) == f"num-examples {10**400!r} is not a number"
