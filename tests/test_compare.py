@@ -258,3 +258,22 @@ def test_bad_common_override_seeds_and_keys_are_named(tmp_path, capsys):
     arms = tmp_path / "arms.yaml"
     arms.write_text("arms:\n  ok: []\nseed: [1]\n")
     _fails(["--arms", str(arms)], tmp_path, capsys, "unknown key(s) ['seed']")
+
+
+def test_the_conflict_arms_differ_only_by_the_conflict_module(smoke):
+    """Same seed: round 1 trains the same model in both arms; from the first aggregation on, CAGrad and
+    the plain mean give other scenario experts, so a round that ignored strategy.conflict.method fails here."""
+    _, out = smoke
+    for seed in (1, 2):
+        logs = {a: json.loads((out / "runs" / f"{a}-seed{seed}" / "train_log.json").read_text())
+                for a in ("pfmsmtrec", "no-conflict")}
+        first = {a: {r["scenario"]: r["train_bce"] for r in log if r["round"] == 1} for a, log in logs.items()}
+        assert first["pfmsmtrec"] == first["no-conflict"] and len(first["pfmsmtrec"]) == 4
+        states = {}
+        for a in logs:
+            with np.load(out / "runs" / f"{a}-seed{seed}" / "server_state" / "arrays.npz") as npz:
+                states[a] = {k: npz[k] for k in npz.files if "/experts.scenario." in k and k.startswith("personal/")}
+        assert states["pfmsmtrec"].keys() == states["no-conflict"].keys() and states["pfmsmtrec"]
+        assert all(np.all(np.isfinite(v)) for s in states.values() for v in s.values())
+        assert all(not np.allclose(states["pfmsmtrec"][k], states["no-conflict"][k], atol=1e-6)
+                   for k in states["pfmsmtrec"] if k.endswith(".linear.weight"))
