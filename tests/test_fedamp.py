@@ -105,3 +105,26 @@ def test_empty_round_and_config():
                 {"self_weight": 0.5, "sigma": -1.0}):
         with pytest.raises(ValueError, match="strategy.fedamp"):
             FedAMPConfig.from_config({"fedamp": bad})
+
+
+def test_one_scenario_gets_its_own_model_back():
+    ups = {"NL": uploads()["ES"]}
+    new = fedamp_round(ServerState(), ups, {"NL": 4}, FedAMPConfig(0.5, 5.0))
+    for n in (W, B, NBT):
+        np.testing.assert_array_equal(new.scenarios["NL"].arrays[n], ups["NL"][n])
+
+
+def test_similarities_are_exact_across_scales_and_sharp_softmaxes_stay_finite():
+    rng = np.random.default_rng(3)
+    a, b, c = (rng.normal(size=5) for _ in range(3))
+    want = attention_weights(np.stack([a, b, c]), 0.5, 3.0)
+    # Each model's scale is its own business: cosines do not see it, whatever it is.
+    for scales in ([1e300, 1e-300, 1.0], [1e-300, 1e-300, 1e-300], [1e-200, 1.0, 1e150]):
+        got = attention_weights(np.stack([a * scales[0], b * scales[1], c * scales[2]]), 0.5, 3.0)
+        np.testing.assert_allclose(got, want, rtol=1e-9, err_msg=str(scales))
+    # A sharp softmax (sigma 1000): no overflow to inf/NaN; a model opposite to both others
+    # spreads its share evenly instead of dividing 0 by 0.
+    sharp = attention_weights(np.stack([a, a * 2.0, -a]), 0.5, 1000.0)
+    assert np.all(np.isfinite(sharp))
+    np.testing.assert_allclose(sharp[0], [0.5, 0.5, 0.0], atol=1e-12)
+    np.testing.assert_allclose(sharp[2], [0.25, 0.25, 0.5], atol=1e-12)

@@ -54,3 +54,46 @@ def test_bad_arrays() -> None:
         weighted_average(np.array([[1.0], [np.nan]]), np.ones(2))
     with pytest.raises(ValueError, match="K >= 1"):
         weighted_average(np.ones((0, 3)), np.ones(0))
+
+
+# --- fedavg_round: the FedAvg family's whole server side ----------------------------------------
+def _state():
+    from pfms_server.state import ServerState
+
+    st = ServerState(round=3)
+    st.set_init({"experts.global.0.layers.0.linear.weight": np.zeros(2, np.float32),
+                 "towers.0.out.weight": np.zeros(2, np.float32),
+                 "towers.0.mlp.layers.0.bn.num_batches_tracked": np.array(0, np.int64)})
+    return st
+
+
+def test_fedavg_round_sends_everyone_the_weighted_mean_and_keeps_its_input() -> None:
+    from pfms_server.fedavg import fedavg_round
+
+    st = _state()
+    before = {n: v.copy() for n, v in st.global_arrays.items()}
+    ups = {"B": {"towers.0.out.weight": np.array([4.0, 0.0], np.float32),
+                 "towers.0.mlp.layers.0.bn.num_batches_tracked": np.array(10, np.int64)},
+           "A": {"towers.0.out.weight": np.array([0.0, 8.0], np.float32),
+                 "towers.0.mlp.layers.0.bn.num_batches_tracked": np.array(13, np.int64)}}
+    new = fedavg_round(st, ups, {"A": 3, "B": 1})
+    np.testing.assert_allclose(new.global_arrays["towers.0.out.weight"], [1.0, 6.0])
+    assert new.global_arrays["towers.0.out.weight"].dtype == np.float32
+    assert new.global_arrays["towers.0.mlp.layers.0.bn.num_batches_tracked"] == 12  # rint(12.25), an integer
+    assert new.global_arrays["towers.0.mlp.layers.0.bn.num_batches_tracked"].dtype == np.int64
+    np.testing.assert_array_equal(new.arrays_for("A")["towers.0.out.weight"], new.arrays_for("B")["towers.0.out.weight"])
+    assert {k: new.scenarios[k].num_examples for k in "AB"} == {"A": 3, "B": 1}
+    assert new.round == 4
+    assert st.round == 3 and not st.scenarios and set(st.global_arrays) == set(before)  # the input is untouched
+    for n, v in before.items():
+        np.testing.assert_array_equal(st.global_arrays[n], v)
+
+
+def test_fedavg_round_with_one_client_and_with_none() -> None:
+    from pfms_server.fedavg import fedavg_round
+
+    one = fedavg_round(_state(), {"A": {"towers.0.out.weight": np.array([1.5, -2.0], np.float32)}}, {"A": 7})
+    np.testing.assert_array_equal(one.global_arrays["towers.0.out.weight"], [1.5, -2.0])
+    assert one.scenarios["A"].num_examples == 7
+    none = fedavg_round(_state(), {}, {})
+    assert none.round == 3 and not none.scenarios

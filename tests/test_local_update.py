@@ -10,7 +10,7 @@ import torch
 from pfms_client.local_update import MODES, client_mode, ditto_personal_update, fedrep_update, train_config
 from pfms_client.template import Group, classify
 from pfms_client.trainer import train_local
-from test_trainer import RecordingAdam, anchor_for, cfg, oracle_grads, recording, tiny_data, tiny_model  # noqa: F401
+from test_trainer import FakeClock, RecordingAdam, anchor_for, cfg, oracle_grads, recording, tiny_data, tiny_model  # noqa: F401
 
 
 def params_of(model) -> dict[str, torch.Tensor]:
@@ -104,3 +104,14 @@ def test_fedrep_head_phase_uses_head_epochs_not_local_epochs(recording):
     model, data = tiny_model(), tiny_data()
     fedrep_update(model, data, {}, cfg(local_epochs=2), seed=0, head_epochs=3)
     assert len(recording.steps) == 5  # 3 head epochs + 2 body epochs, one batch each
+
+
+@pytest.mark.parametrize("step", [1.5, 0.0])
+def test_fedrep_seconds_add_up_both_phases(monkeypatch, step):
+    import pfms_client.trainer as trainer
+
+    monkeypatch.setattr(trainer.time, "perf_counter", FakeClock(step))
+    stats = fedrep_update(tiny_model(), tiny_data(), {}, cfg(batch_size=8), seed=0, head_epochs=1)
+    assert stats["seconds"] == 2 * step  # each phase reads the clock twice: step seconds each
+    assert stats["rows"] == 80.0
+    assert stats["samples_per_s"] == (80.0 / (2 * step) if step else 0.0)

@@ -117,3 +117,24 @@ def test_save_replaces_the_old_checkpoint_and_a_failed_write_keeps_it(tmp_path, 
         st.save(d)
     assert ServerState.load(d).round == 2  # the previous checkpoint is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["server_state"]
+
+
+def test_save_makes_missing_folders_clears_a_stale_backup_and_writes_beside_its_target(tmp_path, monkeypatch):
+    import tempfile
+
+    st = ServerState(round=4)
+    st.set_init(init())
+    target = tmp_path / "runs" / "r1" / "server_state"  # parents do not exist yet
+    stale = target.with_name("server_state.old")  # left behind by a crash between two renames
+    target.mkdir(parents=True)
+    stale.mkdir()
+    (stale / "arrays.npz").write_bytes(b"old")
+    # The checkpoint is built next to its final place (one file system, an atomic rename),
+    # never in the system temp folder, which may be missing, full or on another device.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    st.save(target)
+    assert ServerState.load(target).round == 4
+    assert sorted(p.name for p in target.parent.iterdir()) == ["server_state"]
+    deep = tmp_path / "a" / "b" / "c" / "server_state"
+    st.save(deep)
+    assert ServerState.load(deep).round == 4

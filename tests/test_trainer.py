@@ -243,3 +243,41 @@ def test_train_config_converts_types():
     assert (tc.local_epochs, tc.batch_size, tc.lr, tc.weight_decay, tc.mu) == (2, 64, 0.5, 1.0, 0.0)
     assert isinstance(tc.local_epochs, int) and isinstance(tc.lr, float) and isinstance(tc.weight_decay, float)
     assert replace(tc, mu=1.0).mu == 1.0 and not math.isnan(tc.lr)
+
+
+class FakeClock:
+    """time.perf_counter that moves by ``step`` seconds per call."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 100.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize("step,rate", [(2.0, 20.0), (0.0, 0.0)])  # 40 rows in 2 s; a clock that did not move
+def test_seconds_and_samples_per_second_come_from_the_clock(monkeypatch, step, rate):
+    import pfms_client.trainer as trainer
+
+    monkeypatch.setattr(trainer.time, "perf_counter", FakeClock(step))
+    stats = train_local(tiny_model(), tiny_data(), {}, cfg(batch_size=8), seed=0)
+    assert stats["seconds"] == step and stats["samples_per_s"] == rate
+
+
+def test_weight_decay_reaches_adam():
+    """Adam's L2 term: the trained model equals a replay with torch's Adam(weight_decay) on the same batches."""
+    data = tiny_data()
+    model, replay = tiny_model(), tiny_model()
+    train_local(model, data, {}, cfg(lr=1e-2, weight_decay=0.3, local_epochs=3), seed=0)  # one batch per epoch
+    opt = ADAM(replay.parameters(), lr=1e-2, weight_decay=0.3)
+    replay.train()
+    for _ in range(3):
+        opt.zero_grad()
+        F.binary_cross_entropy_with_logits(replay(data.x_cat, data.x_num), data.y).backward()
+        opt.step()
+    for (n, p), q in zip(model.named_parameters(), replay.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+    no_decay = tiny_model()
+    train_local(no_decay, data, {}, cfg(lr=1e-2, weight_decay=0.0, local_epochs=3), seed=0)
+    assert any(not torch.allclose(p, q, atol=1e-5) for p, q in zip(model.parameters(), no_decay.parameters()))
