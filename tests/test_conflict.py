@@ -390,3 +390,30 @@ def test_coordinate_dispatch() -> None:
     with pytest.raises(ValueError, match="cagrad, pcgrad, mean"):
         coordinate(D, "mgda")
     assert set(METHODS) == {"cagrad", "pcgrad", "mean"}
+
+
+def test_gram_weights_at_any_scale_and_dtype() -> None:
+    """w* does not depend on the Gram matrix's scale (A and s A have one minimiser) nor on
+    its dtype: a float32 or integer Gram is solved in float64."""
+    D = np.array([[1.0, 0.2, 0.0], [-0.6, 1.0, 0.3], [0.1, -0.8, 1.0]])
+    A = D @ D.T
+    want = cagrad_weights(A, C)
+    for s in (1e-200, 1e-30, 1e30, 1e200):  # the solver's normalisation neither under- nor overflows
+        np.testing.assert_allclose(cagrad_weights(A * s, C), want, rtol=1e-7, atol=1e-9, err_msg=str(s))
+    a32 = A.astype(np.float32)
+    np.testing.assert_array_equal(cagrad_weights(a32, C), cagrad_weights(a32.astype(np.float64), C))
+    ai = np.array([[4, -2, 0], [-2, 5, 1], [0, 1, 3]])
+    np.testing.assert_array_equal(cagrad_weights(ai, C), cagrad_weights(ai.astype(np.float64), C))
+
+
+def test_gram_symmetry_tolerance_is_relative() -> None:
+    """Rounding-level asymmetry passes at every scale; a real asymmetry fails at every scale."""
+    A = np.array([[2.0, 0.5], [0.5, 1.0]])
+    for s in (1e-6, 1.0, 1e6):
+        nearly = A * s
+        nearly[0, 1] *= 1 + 1e-12
+        cagrad_weights(nearly, C)
+        off = A * s
+        off[0, 1] *= 1.01
+        with pytest.raises(ValueError, match="symmetric"):
+            cagrad_weights(off, C)

@@ -97,3 +97,19 @@ def test_fedavg_round_with_one_client_and_with_none() -> None:
     assert one.scenarios["A"].num_examples == 7
     none = fedavg_round(_state(), {}, {})
     assert none.round == 3 and not none.scenarios
+
+
+def test_integer_buffers_are_rounded_not_truncated() -> None:
+    from pfms_server.fedavg import average
+
+    ups = [{"n": np.array(10, np.int64), "f": np.array([0.25], np.float32)},
+           {"n": np.array(14, np.int64), "f": np.array([0.75], np.float32)}]
+    out = average(ups, np.array([1.0, 3.0]), "n")  # 12.5 + ... = (10 + 42) / 4 = 13.0
+    assert out == 13 and out.dtype == np.int64
+    out = average(ups, np.array([1.0, 1.0]), "n")  # 12.0
+    assert out == 12
+    three = [{"n": np.array(v, np.uint8)} for v in (1, 2, 2)]  # 1.666...: rint gives 2, a cast would give 1
+    out = average(three, np.ones(3), "n")
+    assert out == 2 and out.dtype == np.uint8
+    f = average(ups, np.array([1.0, 1.0]), "f")
+    assert f.dtype == np.float32 and f[0] == np.float32(0.5)

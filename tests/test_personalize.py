@@ -160,3 +160,9 @@ def test_sgd_validation() -> None:
         sgd_step(HyperParam(0.5), 0.0, lo=1.0, hi=0.0)
     with pytest.raises(ValueError, match="lr"):
         sgd_step(HyperParam(0.5), 0.0, lr=-1.0)
+
+
+def test_personalized_next_one_alpha_per_entry_of_a_vector() -> None:
+    # a 1-D tensor with one alpha per entry (per-expert alphas on a stacked vector)
+    out = personalized_next(np.zeros(3), np.ones(3), np.array([2.0, 2.0, 2.0]), np.array([0.0, 0.5, 1.0]))
+    np.testing.assert_allclose(out, [1.0, 2.0, 3.0])

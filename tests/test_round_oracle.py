@@ -378,3 +378,19 @@ def test_aggregate_round_does_not_touch_its_inputs():
             np.testing.assert_array_equal(uploads[k][n], kept[k][n])
         assert one.scenarios[k].alpha.to_dict() == alphas[k]
     assert one.round == 1
+
+
+def test_unflat_places_every_tensor_at_its_offset():
+    rng = np.random.default_rng(4)
+    arrays = {"a": rng.normal(size=(2, 2)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32),
+              "c": rng.normal(size=(1, 2)).astype(np.float32)}
+    v = flat(arrays, ["a", "b", "c"])
+    back = unflat(v, arrays, ["a", "b", "c"])
+    for n in arrays:
+        np.testing.assert_array_equal(back[n], arrays[n])
+
+
+def test_hyperparams_of_rules_without_alpha_or_beta_are_none():
+    st = ServerState()
+    st.own("A")
+    assert hyperparams(st) == {"A": {"alpha": None, "beta_mean": None}}

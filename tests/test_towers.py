@@ -102,3 +102,13 @@ def test_validation() -> None:
     with pytest.raises(ValueError, match="weights"):
         tower_next(z, z, np.zeros(2), "fedavg", np.array([1.0, -1.0]))
     assert MODES == ("attention", "fedavg", "local")
+
+
+def test_huge_deltas_raise_no_warning() -> None:
+    import warnings
+
+    rng = np.random.default_rng(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow warning would be an error here
+        a = attention_weights(rng.standard_normal((3, 4)) * 1e200)
+    assert np.all(np.isfinite(a))
