@@ -75,6 +75,7 @@ def test_fedavg_mode() -> None:
     nxt, direction = tower_next(sent, deltas, np.zeros(3), "fedavg", np.array([1.0, 1.0, 2.0]))
     np.testing.assert_allclose(nxt, np.full((3, 2), 1.5))
     np.testing.assert_array_equal(direction, np.zeros((3, 2)))
+    assert direction.shape == (3, 2) and direction.dtype == np.float64
     nxt_u, _ = tower_next(sent, deltas, np.zeros(3), "fedavg")  # uniform when None
     np.testing.assert_allclose(nxt_u, np.full((3, 2), 4 / 3))
 
@@ -85,6 +86,7 @@ def test_local_mode() -> None:
     nxt, direction = tower_next(sent, deltas, np.full(2, 0.7), "local")
     np.testing.assert_array_equal(nxt, sent + deltas)
     np.testing.assert_array_equal(direction, np.zeros((2, 4)))
+    assert direction.shape == (2, 4) and direction.dtype == np.float64
 
 
 def test_validation() -> None:
@@ -95,6 +97,10 @@ def test_validation() -> None:
         tower_next(np.zeros((2, 4)), z, np.zeros(2), "attention")
     with pytest.raises(ValueError, match="beta"):
         tower_next(z, z, np.zeros(3), "attention")
+    with pytest.raises(ValueError, match=r"^sent must have shape \(K, n\)"):  # the message names the argument
+        tower_next(np.zeros(3), z, np.zeros(2), "attention")
+    with pytest.raises(ValueError, match=r"^sent contain NaN"):
+        tower_next(np.full((2, 3), np.nan), z, np.zeros(2), "attention")
     with pytest.raises(ValueError, match=r"\(K, n\)"):
         attention_weights(np.zeros(3))
     with pytest.raises(ValueError, match="NaN"):
