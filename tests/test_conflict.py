@@ -417,3 +417,14 @@ def test_gram_symmetry_tolerance_is_relative() -> None:
         off[0, 1] *= 1.01
         with pytest.raises(ValueError, match="symmetric"):
             cagrad_weights(off, C)
+
+
+def test_coordinate_defaults_are_the_specs() -> None:
+    """Default c = 0.4 (spec section 3); PCGrad's default order seed is 0 in both entry points."""
+    rng = np.random.default_rng(8)
+    D = rng.standard_normal((4, 6))
+    np.testing.assert_array_equal(coordinate(D, "cagrad"), cagrad(D, 0.4))
+    np.testing.assert_array_equal(cagrad(D), cagrad(D, 0.4))
+    np.testing.assert_array_equal(coordinate(D, "pcgrad"), pcgrad(D, seed=0))
+    np.testing.assert_array_equal(pcgrad(D), pcgrad(D, seed=0))
+    assert any(not np.array_equal(pcgrad(D, seed=0), pcgrad(D, seed=s)) for s in range(1, 6))  # the seed matters here

@@ -166,3 +166,12 @@ def test_personalized_next_one_alpha_per_entry_of_a_vector() -> None:
     # a 1-D tensor with one alpha per entry (per-expert alphas on a stacked vector)
     out = personalized_next(np.zeros(3), np.ones(3), np.array([2.0, 2.0, 2.0]), np.array([0.0, 0.5, 1.0]))
     np.testing.assert_allclose(out, [1.0, 2.0, 3.0])
+
+
+def test_float32_inputs_are_computed_in_float64() -> None:
+    rng = np.random.default_rng(7)
+    s, dl, d = (rng.standard_normal(50).astype(np.float32) for _ in range(3))
+    got = personalized_next(s, dl, d, 0.3)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, personalized_next(*(x.astype(np.float64) for x in (s, dl, d)), 0.3))
+    assert hypergradient(s, dl, d) == hypergradient(*(x.astype(np.float64) for x in (s, dl, d)))

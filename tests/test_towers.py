@@ -118,3 +118,18 @@ def test_huge_deltas_raise_no_warning() -> None:
         warnings.simplefilter("error")  # an overflow warning would be an error here
         a = attention_weights(rng.standard_normal((3, 4)) * 1e200)
     assert np.all(np.isfinite(a))
+
+
+def test_inputs_are_checked_and_computed_in_float64() -> None:
+    for bad in (np.zeros((0, 3)), np.zeros((2, 0)), np.zeros(3)):
+        with pytest.raises(ValueError, match=r"^deltas must have shape \(K, n\)"):
+            attention_weights(bad)
+    rng = np.random.default_rng(6)
+    d32 = rng.standard_normal((3, 5)).astype(np.float32)
+    np.testing.assert_array_equal(attention_weights(d32), attention_weights(d32.astype(np.float64)))
+    s32 = rng.standard_normal((3, 5)).astype(np.float32)
+    got = tower_next(s32, d32, np.array([0.1, 0.2, 0.3]), "attention")
+    want = tower_next(s32.astype(np.float64), d32.astype(np.float64), np.array([0.1, 0.2, 0.3]), "attention")
+    for g, w in zip(got, want):
+        assert g.dtype == np.float64
+        np.testing.assert_array_equal(g, w)
