@@ -97,3 +97,15 @@ def test_unknown_algorithm_is_refused_naming_the_key():
     s["algorithm"] = "krum"
     with pytest.raises(ValueError, match="strategy.algorithm='krum'"):
         make_rule(s, seed=0)
+
+
+def test_descriptions_name_the_switches_the_run_uses():
+    """The run log's one-line description of the rule (Strategy.summary) is the user's check of the switches."""
+    assert make_rule(strategy("pfmsmtrec"), 0).description == (
+        "conflict: cagrad (c=0.40) | alpha: learned | towers: attention | FedBN: True")
+    s = strategy("pfmsmtrec")
+    s["fedbn"], s["conflict"]["method"], s["towers"]["mode"] = False, "pcgrad", "local"
+    assert make_rule(s, 0).description == "conflict: pcgrad (c=0.40) | alpha: learned | towers: local | FedBN: False"
+    assert make_rule(strategy("fedbn"), 0).description == "sample-weighted mean of every shared tensor | FedBN: True"
+    assert make_rule(strategy("local"), 0).description == "local training only, nothing shared"
+    assert make_rule(strategy("fedamp"), 0).description == "similarity-weighted (self weight 0.5, sigma 5.0)"
