@@ -175,3 +175,29 @@ def test_float32_inputs_are_computed_in_float64() -> None:
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, personalized_next(*(x.astype(np.float64) for x in (s, dl, d)), 0.3))
     assert hypergradient(s, dl, d) == hypergradient(*(x.astype(np.float64) for x in (s, dl, d)))
+
+
+def test_hyperparam_is_float64_and_errors_name_the_field() -> None:
+    hp = HyperParam([1, 0], momentum=[0, 1])  # ints in, float64 out
+    assert hp.value.dtype == np.float64 and hp.momentum.dtype == np.float64
+    assert HyperParam(1).value.dtype == np.float64 and HyperParam(1).to_dict() == {"value": 1.0, "momentum": None}
+    with pytest.raises(ValueError, match="^value contains NaN"):
+        HyperParam(np.nan)
+    with pytest.raises(ValueError, match=r"^value must have shape"):
+        HyperParam(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="^momentum contains NaN"):
+        HyperParam(0.1, momentum=np.nan)
+
+
+def test_sgd_defaults_are_the_specs_and_errors_name_the_setting() -> None:
+    """Spec section 4: SGD with lr 0.01, momentum 0.9, weight decay 1e-4, clamped to [0, 1]."""
+    p = HyperParam(0.5)
+    assert sgd_step(p, 2.0).to_dict() == sgd_step(p, 2.0, lr=0.01, momentum=0.9, weight_decay=1e-4, lo=0.0,
+                                                  hi=1.0).to_dict()
+    step2 = sgd_step(sgd_step(p, 2.0), 1.0)
+    assert step2.to_dict() == sgd_step(sgd_step(p, 2.0, 0.01, 0.9, 1e-4), 1.0, 0.01, 0.9, 1e-4).to_dict()
+    assert sgd_step(p, 2.0).value == pytest.approx(0.5 - 0.01 * (2.0 + 1e-4 * 0.5))
+    for name in ("lr", "momentum", "weight_decay"):
+        with pytest.raises(ValueError, match=f"^{name} must be finite and >= 0"):
+            sgd_step(p, 0.0, **{name: -1.0})
+    assert sgd_step(p, 5.0, lo=0.3, hi=0.3).value == 0.3  # a one-point interval is allowed
