@@ -85,16 +85,15 @@ def _project_simplex_clip(w: np.ndarray) -> np.ndarray:
 
 
 def _factor_from_gram(a: np.ndarray) -> np.ndarray:
-    """R (K, K) with R^T R = A (negative rounding eigenvalues clipped)."""
+    """R (K, K) with R^T R = A (negative rounding eigenvalues clipped). _solve_factor takes
+    any R with K columns: only R w, R^T v and its column norms are used."""
     lam, v = np.linalg.eigh(a)
     return np.sqrt(np.clip(lam, 0.0, None))[:, None] * v.T
 
 
 def _factor_from_updates(d: np.ndarray) -> np.ndarray:
-    """R (K, K) with R^T R = D D^T, from a QR of D^T: ||gw|| = ||R w|| without squaring."""
-    k = d.shape[0]
-    r = np.linalg.qr(d.T, mode="r")  # (min(P, K), K)
-    return np.vstack([r, np.zeros((k - r.shape[0], k))]) if r.shape[0] < k else r
+    """R (min(P, K), K) with R^T R = D D^T, from a QR of D^T: ||gw|| = ||R w|| without squaring."""
+    return np.linalg.qr(d.T, mode="r")
 
 
 def _solve_factor(r: np.ndarray, c: float) -> np.ndarray:

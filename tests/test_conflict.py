@@ -428,3 +428,24 @@ def test_coordinate_defaults_are_the_specs() -> None:
     np.testing.assert_array_equal(coordinate(D, "pcgrad"), pcgrad(D, seed=0))
     np.testing.assert_array_equal(pcgrad(D), pcgrad(D, seed=0))
     assert any(not np.array_equal(pcgrad(D, seed=0), pcgrad(D, seed=s)) for s in range(1, 6))  # the seed matters here
+
+
+def test_fewer_parameters_than_clients() -> None:
+    """P < K: the QR factor of D^T has P rows, not K; the result still matches brute force."""
+    rng = np.random.default_rng(9)
+    for k, p in ((2, 1), (3, 1), (3, 2)):
+        check_against_brute(rng.standard_normal((k, p)))
+    for k, p in ((5, 2), (6, 3)):  # beyond brute force: the QR path (P x K factor) agrees with the Gram path (K x K)
+        D = rng.standard_normal((k, p))
+        np.testing.assert_allclose(cagrad(D, C), d_from_w(cagrad_weights(D @ D.T, C), D, C), atol=1e-6)
+
+
+def test_simplex_clip_repairs_solver_output() -> None:
+    from pfms_server.conflict import _project_simplex_clip as clip
+
+    np.testing.assert_array_equal(clip(np.array([np.nan, 0.5])), [0.0, 1.0])  # NaN counts as 0
+    np.testing.assert_allclose(clip(np.array([-1e-12, 0.25, 0.75])), [0.0, 0.25, 0.75])  # bound violations
+    np.testing.assert_allclose(clip(np.array([0.2, 0.2])), [0.5, 0.5])  # renormalised
+    np.testing.assert_array_equal(clip(np.array([0.0, 0.0, 0.0])), np.full(3, 1 / 3))  # degenerate: uniform
+    np.testing.assert_array_equal(clip(np.array([-1.0, np.nan])), [0.5, 0.5])
+    assert clip(np.array([0.3, 0.7])).dtype == np.float64
