@@ -449,3 +449,31 @@ def test_simplex_clip_repairs_solver_output() -> None:
     np.testing.assert_array_equal(clip(np.array([0.0, 0.0, 0.0])), np.full(3, 1 / 3))  # degenerate: uniform
     np.testing.assert_array_equal(clip(np.array([-1.0, np.nan])), [0.5, 0.5])
     assert clip(np.array([0.3, 0.7])).dtype == np.float64
+
+
+def test_nearly_opposite_updates_reach_the_minimum() -> None:
+    """D_2 close to -r D_1: F* is tiny next to the updates, where SLSQP's absolute tolerance alone
+    stops early; the solver's second pass on F / |F*| must reach the brute-force minimum to 1e-11
+    of ||g0|| (the first pass alone misses by up to ~1e-9 on these cases)."""
+    from pfms_server.conflict import _factor_from_updates, _solve_factor
+
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        p = int(rng.integers(2, 6))
+        D = np.zeros((2, p))
+        D[0] = rng.standard_normal(p)
+        D[1] = -D[0] * rng.uniform(0.5, 2.0) + 10.0 ** rng.uniform(-8, -1) * rng.standard_normal(p)
+        c = float(rng.choice([0.1, 0.4, 1.0]))
+        w = _solve_factor(_factor_from_updates(D), c)
+        excess = objective(w, D, c) - objective(brute_k2(D, c), D, c)
+        assert excess <= 1e-11 * np.linalg.norm(D.mean(axis=0)), (D, c, excess)
+
+
+def test_zero_mean_update_raises_no_warning() -> None:
+    import warnings
+
+    D = np.array([[1.0, 2.0], [-1.0, -2.0]])  # g0 = 0: every w is a minimiser, F = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(cagrad(D, C), [0.0, 0.0])
+        np.testing.assert_allclose(cagrad_weights(D @ D.T, C).sum(), 1.0)
