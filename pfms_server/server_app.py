@@ -24,9 +24,9 @@ from pfms_client.config import ConfigError
 
 from . import report
 from .config_check import load_run_config
-from .round import hyperparams
-from .rules import make_rule
-from .state import ServerState
+from .aggregation.pfmsmtrec import hyperparams
+from .aggregation.rules import make_rule
+from .aggregation.state import ServerState
 from .strategy import PFMSMTrec
 
 app = ServerApp()

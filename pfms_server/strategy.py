@@ -20,10 +20,10 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from . import report
-from .round import hyperparams
-from .rules import Rule
-from .state import Arrays, ServerState
-from .validate import count_problems, upload_problems
+from .aggregation.pfmsmtrec import hyperparams
+from .aggregation.rules import Rule
+from .aggregation.state import Arrays, ServerState
+from .aggregation.validate import count_problems, upload_problems
 
 
 def to_record(arrays: Arrays) -> ArrayRecord:

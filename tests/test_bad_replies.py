@@ -20,8 +20,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 
 from pfms_client.config import load_config
 from pfms_server.inprocess import InProcessGrid
-from pfms_server.rules import make_rule
-from pfms_server.state import ServerState
+from pfms_server.aggregation.rules import make_rule
+from pfms_server.aggregation.state import ServerState
 from pfms_server.strategy import PFMSMTrec
 
 SCENARIOS = ["NL", "ES", "FR", "US"]

@@ -1,6 +1,6 @@
 """Conflict coordination: CAGrad, PCGrad and the mean on client updates.
 
-Notation as in pfms_server/conflict.py: D (K, P) rows = client updates,
+Notation as in pfms_server/aggregation/conflict.py: D (K, P) rows = client updates,
 g0 = mean_k D_k, gw = sum_k w_k D_k, F(w) = <gw, g0> + c ||g0|| ||gw||
 (= w^T A 1/K + c ||g0|| sqrt(w^T A w)), d = (g0 + c ||g0|| gw / ||gw||) / (1 + c^2).
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pfms_server.conflict import (
+from pfms_server.aggregation.conflict import (
     METHODS,
     cagrad,
     cagrad_objective,

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pfms_server.fedamp import FedAMPConfig, attention_weights, fedamp_round
-from pfms_server.state import ServerState
+from pfms_server.aggregation.fedamp import FedAMPConfig, attention_weights, fedamp_round
+from pfms_server.aggregation.state import ServerState
 
 W = "experts.global.0.layers.0.linear.weight"
 B = "towers.0.out.bias"

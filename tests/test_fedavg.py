@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pfms_server.fedavg import weighted_average
+from pfms_server.aggregation.fedavg import weighted_average
 
 
 def test_by_hand() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pfms_server.personalize import HyperParam, hypergradient, personalized_next, sgd_step
+from pfms_server.aggregation.personalize import HyperParam, hypergradient, personalized_next, sgd_step
 
 
 # ------------------------------------------------------- personalized_next

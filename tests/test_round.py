@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pfms_server.round import AggregationConfig, aggregate_round
-from pfms_server.state import ServerState
+from pfms_server.aggregation.pfmsmtrec import AggregationConfig, aggregate_round
+from pfms_server.aggregation.state import ServerState
 
 STRATEGY = {
     "fedbn": True,

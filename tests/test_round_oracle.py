@@ -17,9 +17,9 @@ import math
 import numpy as np
 import pytest
 
-from pfms_server.conflict import cagrad, pcgrad
-from pfms_server.round import AggregationConfig, aggregate_round, expert_units, flat, hyperparams, unflat
-from pfms_server.state import ServerState
+from pfms_server.aggregation.conflict import cagrad, pcgrad
+from pfms_server.aggregation.pfmsmtrec import AggregationConfig, aggregate_round, expert_units, flat, hyperparams, unflat
+from pfms_server.aggregation.state import ServerState
 
 SCEN = ["ES", "FR", "NL"]
 COUNTS = {"ES": 30, "FR": 10, "NL": 60}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pfms_client.config import load_config
-from pfms_server.rules import ALGORITHMS, make_rule
-from pfms_server.state import ServerState
+from pfms_server.aggregation.rules import ALGORITHMS, make_rule
+from pfms_server.aggregation.state import ServerState
 
 G = "experts.global.0.layers.0.linear.weight"
 S = "experts.scenario.0.layers.0.linear.weight"
@@ -51,7 +51,7 @@ def test_every_algorithm_the_configs_name_has_a_rule():
 
 
 def test_pfmsmtrec_rule_is_aggregate_round_with_the_config_and_seed():
-    from pfms_server.round import AggregationConfig, aggregate_round
+    from pfms_server.aggregation.pfmsmtrec import AggregationConfig, aggregate_round
 
     s = strategy("pfmsmtrec")
     rule = make_rule(s, seed=5)
@@ -71,7 +71,7 @@ def test_fedavg_rule_is_the_weighted_mean():
 
 
 def test_fedamp_rule_uses_its_self_weight_and_sigma():
-    from pfms_server.fedamp import FedAMPConfig, fedamp_round
+    from pfms_server.aggregation.fedamp import FedAMPConfig, fedamp_round
 
     s = strategy("fedamp")
     s["fedamp"] = {"self_weight": 0.7, "sigma": 2.0}

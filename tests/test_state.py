@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pfms_server.personalize import HyperParam
-from pfms_server.state import ScenarioState, ServerState
+from pfms_server.aggregation.personalize import HyperParam
+from pfms_server.aggregation.state import ScenarioState, ServerState
 
 G = "experts.global.0.layers.0.linear.weight"
 S = "experts.scenario.0.layers.0.linear.weight"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pfms_server.towers import MODES, attention_mix, attention_weights, tower_next
+from pfms_server.aggregation.towers import MODES, attention_mix, attention_weights, tower_next
 
 
 def test_single_client() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pfms_server.validate import count_problems, upload_problems
+from pfms_server.aggregation.validate import count_problems, upload_problems
 
 EXPECTED = {"a": np.zeros((2, 3), np.float32), "b": np.zeros(4, np.float32), "n": np.array(5, np.int64)}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pfms_server.fedavg import weighted_average
+from .fedavg import weighted_average
 
 MODES = ("attention", "fedavg", "local")
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 from .fedamp import FedAMPConfig, fedamp_round
 from .fedavg import fedavg_round
-from .round import AggregationConfig, aggregate_round
+from .pfmsmtrec import AggregationConfig, aggregate_round
 from .state import Arrays, ServerState
 
 Aggregate = Callable[[ServerState, Mapping[str, Arrays], Mapping[str, int]], ServerState]
