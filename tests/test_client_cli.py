@@ -17,7 +17,7 @@ import pytest
 
 from pfms_client import client_cli
 from pfms_client.data.generator import generate_scenario
-from pfms_server.procs import free_port
+from pfms_client.procs import free_port
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from pfms_client.config_check import (
     leaves,
     under,
 )
-from pfms_server import local_run, server_cli
+from pfms_server.deploy import local_run, server_cli
 from pfms_server.compare import load_arms
 from pfms_server.compare import main as compare_main
 from pfms_server.config_check import SERVER_RULES, check_server_config, load_run_config

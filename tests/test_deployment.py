@@ -21,9 +21,9 @@ import torch
 
 from conftest import run_inprocess
 from pfms_client.data.generator import generate
-from pfms_server.certs import write_all
+from pfms_server.deploy.certs import write_all
 from pfms_server.inprocess import InProcessGrid
-from pfms_server.procs import descendants, free_port, reachable, stop_tree
+from pfms_client.procs import descendants, free_port, reachable, stop_tree
 
 REPO = Path(__file__).resolve().parent.parent
 FAULTY_APP = Path(__file__).resolve().parent / "apps" / "faulty"
@@ -87,7 +87,7 @@ def deployment(tmp_path_factory):
 
     def start_server(log_name: str = "server") -> subprocess.Popen:
         # A database file, so enrolled keys and node ids survive a server restart.
-        proc = start(log_name, "-m", "pfms_server.server_cli", "--host", "127.0.0.1", "--port", str(port),
+        proc = start(log_name, "-m", "pfms_server.deploy.server_cli", "--host", "127.0.0.1", "--port", str(port),
                      "--certs-dir", str(certs), "--enable-supernode-auth", "--flwr-home", str(flwr_home),
                      "--database", str(root / "superlink.db"))
         assert reachable("127.0.0.1", port, 60), (logs / f"{log_name}.log").read_text()

@@ -159,7 +159,7 @@ def test_tls_supernodes_get_only_ca_and_their_own_key(tls):
 def test_commands_are_accepted_by_the_pfms_clis(request, fixture):
     """The compose commands stay in step with pfms-server's and pfms-client's options."""
     from pfms_client.client_cli import parser as client_parser
-    from pfms_server.server_cli import parser as server_parser
+    from pfms_server.deploy.server_cli import parser as server_parser
 
     services = request.getfixturevalue(fixture)["services"]
     args = server_parser().parse_args(services["superlink"]["command"][1:])

@@ -34,7 +34,7 @@ def test_flwr_run_completes_and_writes_the_run_folder(tmp_path):
     venv_bin = Path(sys.executable).parent.resolve()
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p).resolve() != venv_bin)
     env = {**os.environ, "PFMS_HOME": str(home), "PATH": path}
-    cmd = [sys.executable, "-m", "pfms_server.local_run", "--app", str(REPO), "--flwr-home", str(flwr_home),
+    cmd = [sys.executable, "-m", "pfms_server.deploy.local_run", "--app", str(REPO), "--flwr-home", str(flwr_home),
            "num_rounds=2", "run_name=flwr-run-test", "dataset.generator.rows_train=3000",
            "dataset.generator.rows_test=1000", "eval.splits=[test]"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
@@ -58,7 +58,7 @@ def test_flwr_run_completes_and_writes_the_run_folder(tmp_path):
 
 
 def test_pfms_run_rejects_unknown_config_keys(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pfms_server.local_run", "--app", str(REPO), "no_such_key=1"],
+    proc = subprocess.run([sys.executable, "-m", "pfms_server.deploy.local_run", "--app", str(REPO), "no_such_key=1"],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PFMS_HOME": str(tmp_path)})
     assert proc.returncode == 2
     assert "no_such_key" in proc.stderr

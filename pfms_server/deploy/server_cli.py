@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .procs import bin_dir, flower_env, run_foreground
+from pfms_client.procs import bin_dir, flower_env, run_foreground
 
 CERT_FILES = ("ca.crt", "server.crt", "server.key")
 

@@ -3,6 +3,9 @@
 Flower's daemons start their helpers (flower-superexec, flwr-serverapp,
 flwr-clientapp) by name, so this environment's bin goes first on PATH; and a
 process we start is stopped with all its descendants, never by name.
+
+It lives in the client package because pfms-client and the server's tools
+(pfms-server, pfms-run) both use it, and the client never imports the server.
 """
 
 from __future__ import annotations

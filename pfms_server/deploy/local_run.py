@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .procs import bin_dir, flower_env, free_port, stop_tree
+from pfms_client.procs import bin_dir, flower_env, free_port, stop_tree
 
 CONNECTION = "pfms-local"
 
@@ -61,7 +61,7 @@ def run_status(bindir: Path, env: dict[str, str]) -> int:
 
 def num_scenarios(overrides: str) -> int:
     """Every value of the run checked (a ConfigError naming the key); the number of scenarios."""
-    from .config_check import load_run_config
+    from ..config_check import load_run_config
 
     return len(load_run_config(overrides).dataset.scenarios)
 
