@@ -104,7 +104,7 @@ def _flower_algorithm(cfg: Mapping[str, Any]) -> str | None:
     algorithm = get(cfg, "strategy.algorithm")
     if algorithm == CENTRALIZED:
         return (f"strategy.algorithm={algorithm!r}: the pooled-rows reference runs without Flower (pfms-compare, "
-                f"or python -m pfms_client.centralized); a Flower run takes one of {list(ALGORITHMS)}")
+                f"or python -m pfms_server.experiments.centralized); a Flower run takes one of {list(ALGORITHMS)}")
     return None
 
 

@@ -45,7 +45,7 @@ def run_inprocess(overrides: list[str], run_dir: Path, grid_factory=None, node_e
     """Run the ServerApp logic against the ClientApp in this process."""
     from pfms_client.client_app import app as client_app
     from pfms_client.config import load_config
-    from pfms_server.inprocess import InProcessGrid
+    from pfms_server.experiments.inprocess import InProcessGrid
     from pfms_server.server_app import run
 
     cfg = load_config(overrides)

@@ -19,7 +19,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from pfms_client.config import load_config
-from pfms_server.inprocess import InProcessGrid
+from pfms_server.experiments.inprocess import InProcessGrid
 from pfms_server.aggregation.rules import make_rule
 from pfms_server.aggregation.state import ServerState
 from pfms_server.strategy import PFMSMTrec

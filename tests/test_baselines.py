@@ -9,7 +9,7 @@ import torch
 from conftest import run_inprocess
 from pfms_client.template import classify
 from pfms_server.aggregation.fedamp import attention_weights
-from pfms_server.inprocess import InProcessGrid
+from pfms_server.experiments.inprocess import InProcessGrid
 
 TINY = ["dataset.generator.rows_train=1500", "dataset.generator.rows_test=800", "num_rounds=2",
         "eval.splits=[test]", "eval.every=2", "server.plot=false"]

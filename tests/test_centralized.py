@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pfms_client.centralized import pool_scenarios, run_centralized
+from pfms_server.experiments.centralized import pool_scenarios, run_centralized
 from pfms_client.config import load_config
 from pfms_client.data import load_scenario
 from pfms_server import report

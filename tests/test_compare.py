@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from pfms_server import compare_report as cr
-from pfms_server.compare import load_arms, main
+from pfms_server.experiments import compare_report as cr
+from pfms_server.experiments.compare import load_arms, main
 
 SCENARIOS, TASKS = ("NL", "ES"), ("ctr", "ctcvr")
 
@@ -216,7 +216,7 @@ def test_every_shipped_arms_file_composes(name, tmp_path, capsys):
 
 def test_mu_arms_set_the_proximal_weight_each_run_uses():
     from pfms_client.local_update import train_config
-    from pfms_server.compare import compose
+    from pfms_server.experiments.compare import compose
 
     arms = load_arms("mu").arms
     mus = {a: train_config(compose(o, a)).mu for a, o in arms.items() if a != "local"}

@@ -34,8 +34,8 @@ from pfms_client.config_check import (
     under,
 )
 from pfms_server.deploy import local_run, server_cli
-from pfms_server.compare import load_arms
-from pfms_server.compare import main as compare_main
+from pfms_server.experiments.compare import load_arms
+from pfms_server.experiments.compare import main as compare_main
 from pfms_server.config_check import SERVER_RULES, check_server_config, load_run_config
 
 # --- bad values: one line naming the key ---------------------------------------------------------------
@@ -240,7 +240,8 @@ def test_client_and_server_rules_split_the_keys_cleanly():
 
 
 def test_client_choices_are_the_ones_the_client_code_accepts():
-    from pfms_client import centralized, client_app
+    from pfms_client import client_app
+    from pfms_server.experiments import centralized
     from pfms_client.local_update import MODES
     from pfms_client.mmoe import build_model
 

@@ -22,7 +22,7 @@ import torch
 from conftest import run_inprocess
 from pfms_client.data.generator import generate
 from pfms_server.deploy.certs import write_all
-from pfms_server.inprocess import InProcessGrid
+from pfms_server.experiments.inprocess import InProcessGrid
 from pfms_client.procs import descendants, free_port, reachable, stop_tree
 
 REPO = Path(__file__).resolve().parent.parent

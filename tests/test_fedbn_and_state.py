@@ -11,7 +11,7 @@ from pfms_client.config import load_config
 from pfms_client.mmoe import build_model
 from pfms_client.state import LocalStateError
 from pfms_client.template import Group, classify, share_key, shared_parts, uploaded_names
-from pfms_server.inprocess import InProcessGrid
+from pfms_server.experiments.inprocess import InProcessGrid
 
 
 class RecordingGrid(InProcessGrid):

@@ -4,7 +4,7 @@ wherever in a round the server died."""
 import pytest
 
 from conftest import inprocess_overrides, run_inprocess
-from pfms_server.inprocess import InProcessGrid
+from pfms_server.experiments.inprocess import InProcessGrid
 
 SMALL = ["dataset.generator.rows_train=4000", "dataset.generator.rows_test=2000"]
 

@@ -7,7 +7,7 @@ from flwr.app import Array
 
 from conftest import inprocess_overrides, run_inprocess
 from pfms_client.client_app import Session
-from pfms_server.inprocess import InProcessGrid
+from pfms_server.experiments.inprocess import InProcessGrid
 from pfms_server.strategy import PFMSMTrec
 
 

@@ -1,6 +1,6 @@
 """Tables and plot of a strategy comparison, as pure functions over lists of row dicts.
 
-Kept apart from the runner (pfms_server.compare) so the numbers can be checked on
+Kept apart from the runner (pfms_server.experiments.compare) so the numbers can be checked on
 hand-made rows. Spread is the sample standard deviation over seeds (numpy, ddof=1);
 with one seed it is NaN (undefined), shown as no "±" in Markdown. NaN metrics (an AUC
 on a split with one class) are left out of means and of n_seeds.

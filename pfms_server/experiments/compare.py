@@ -34,8 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 from pfms_client.config import conf_dir
 
 from . import compare_report as cr
-from . import report
-from .config_check import CENTRALIZED, load_run_config
+from .. import report
+from ..config_check import CENTRALIZED, load_run_config
 
 ARMS_DIR = "compare"  # arms files live in conf/compare/
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -241,7 +241,7 @@ def execute(run: Run, quiet: bool) -> tuple[float, dict]:
     from pfms_client.client_app import app as client_app
 
     from .inprocess import InProcessGrid
-    from .server_app import run as server_run
+    from ..server_app import run as server_run
 
     if run.run_dir.exists():  # an unfinished folder from an interrupted comparison: start it again
         shutil.rmtree(run.run_dir)
@@ -251,7 +251,7 @@ def execute(run: Run, quiet: bool) -> tuple[float, dict]:
     with flower_log(run.run_dir / "log.txt", quiet):
         t0 = time.perf_counter()
         if str(run.cfg.strategy.algorithm) == CENTRALIZED:  # pooled rows, one model: nothing to federate
-            from pfms_client.centralized import run_centralized
+            from .centralized import run_centralized
 
             _, summary = run_centralized(run.cfg, run.run_dir)
         else:

@@ -4,7 +4,7 @@ Every scenario's rows are pooled on one machine and one MMoE (the same backbone
 and ``model`` config as the federated runs) is trained on them, with the
 scenario id as one more categorical field. There is nothing to federate, so this
 runs without Flower: ``run_centralized(cfg, run_dir)`` or
-``python -m pfms_client.centralized strategy=centralized [overrides...]``.
+``python -m pfms_server.experiments.centralized strategy=centralized [overrides...]``.
 
 Comparable with the federated runs by construction:
 
@@ -43,15 +43,15 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pfms_server import report
+from pfms_client.data.readers import read_scenario
+from pfms_client.data.schema import DatasetSchema
+from pfms_client.data.settings import DatasetSettings
+from pfms_client.data.tensors import TensorSplit, build_scenario_data, validation_indices
+from pfms_client.local_update import train_config
+from pfms_client.mmoe import MMoE, build_model
+from pfms_client.trainer import evaluate, train_local
 
-from .data.readers import read_scenario
-from .data.schema import DatasetSchema
-from .data.settings import DatasetSettings
-from .data.tensors import TensorSplit, build_scenario_data, validation_indices
-from .local_update import train_config
-from .mmoe import MMoE, build_model
-from .trainer import evaluate, train_local
+from .. import report
 
 ALGORITHM = "centralized"
 SCENARIO_COLUMN = "scenario_id"
@@ -93,14 +93,14 @@ def scenario_column(schema: DatasetSchema) -> str:
 
 def pool_scenarios(cfg_dataset: Any) -> PooledData:
     """Read every scenario as its client does, add the scenario id, encode with one pooled vocabulary."""
-    from .data.generator import ensure_generated
+    from pfms_client.data.generator import ensure_generated
 
     settings = DatasetSettings.from_config(cfg_dataset)
     scenarios = list(settings.scenarios)
     if settings.generator is not None:
         ensure_generated(settings, scenarios)
     if settings.source is not None:
-        from .data.movielens import ensure_converted
+        from pfms_client.data.movielens import ensure_converted
 
         ensure_converted(settings, scenarios)
     column = scenario_column(settings.schema)
@@ -283,8 +283,8 @@ def run_centralized(cfg: DictConfig, run_dir: Path) -> tuple[list[dict], dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pfms_client.centralized [hydra overrides]``; strategy=centralized is implied."""
-    from .config import load_config
+    """``python -m pfms_server.experiments.centralized [hydra overrides]``; strategy=centralized is implied."""
+    from pfms_client.config import load_config
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a.split("=", 1)[0].lstrip("+~") == "strategy" for a in args):
