@@ -22,7 +22,7 @@ from pfms_client.config import load_config
 from pfms_server.experiments.inprocess import InProcessGrid
 from pfms_server.aggregation.rules import make_rule
 from pfms_server.aggregation.state import ServerState
-from pfms_server.strategy import PFMSMTrec
+from pfms_server.strategy import ScenarioStrategy
 
 SCENARIOS = ["NL", "ES", "FR", "US"]
 NUM_EXAMPLES = {"NL": 300, "ES": 500, "FR": 200, "US": 400}
@@ -62,14 +62,14 @@ def grid(task_identity):
     return InProcessGrid(answer_query, [{"scenario": s} for s in SCENARIOS])
 
 
-def make_strategy(strategy_cfg, min_train_nodes: int = 2) -> PFMSMTrec:
+def make_strategy(strategy_cfg, min_train_nodes: int = 2) -> ScenarioStrategy:
     state = ServerState()
     state.set_init(init_arrays())
-    return PFMSMTrec(make_rule(strategy_cfg, seed=42), SCENARIOS, seed=42, num_rounds=5,
+    return ScenarioStrategy(make_rule(strategy_cfg, seed=42), SCENARIOS, seed=42, num_rounds=5,
                      min_train_nodes=min_train_nodes, round_timeout=5.0, state=state)
 
 
-def send(strategy: PFMSMTrec, grid: InProcessGrid, server_round: int) -> dict[str, Message]:
+def send(strategy: ScenarioStrategy, grid: InProcessGrid, server_round: int) -> dict[str, Message]:
     """configure_train, as Flower's loop calls it; the train messages by scenario."""
     msgs = list(strategy.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
     return {strategy.node_scenario[m.metadata.dst_node_id]: m for m in msgs}

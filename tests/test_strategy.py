@@ -8,7 +8,7 @@ from flwr.app import Array
 from conftest import inprocess_overrides, run_inprocess
 from pfms_client.client_app import Session
 from pfms_server.experiments.inprocess import InProcessGrid
-from pfms_server.strategy import PFMSMTrec
+from pfms_server.strategy import ScenarioStrategy
 
 
 class TamperingGrid(InProcessGrid):
@@ -82,7 +82,7 @@ class RestartGrid(InProcessGrid):
 def test_node_restart_keeps_scenario_state(pfms_home, tmp_path, monkeypatch):
     RestartGrid.calls = 0
     after = {}  # round -> every scenario's tensors as the server holds them after aggregating it
-    aggregate_train = PFMSMTrec.aggregate_train
+    aggregate_train = ScenarioStrategy.aggregate_train
 
     def spy(self, server_round, replies):
         out = aggregate_train(self, server_round, replies)
@@ -90,7 +90,7 @@ def test_node_restart_keeps_scenario_state(pfms_home, tmp_path, monkeypatch):
                                    for s in self.scenarios}
         return out
 
-    monkeypatch.setattr(PFMSMTrec, "aggregate_train", spy)
+    monkeypatch.setattr(ScenarioStrategy, "aggregate_train", spy)
     train_sent = []  # per round: node -> the tensors it was sent
 
     class Recording(RestartGrid):
