@@ -10,11 +10,8 @@ call ``ensure_generated`` for their own scenarios at the same time.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +21,9 @@ import numpy as np
 
 from .csv_writer import write_csv
 from .errors import DataValidationError
+from .files import META_FILE, RATE_DIGITS, staged_folder, update_index, write_json
 from .settings import DatasetSettings
 from .synthetic import COLUMNS, NUMERICAL, GeneratorParams, ScenarioArrays, simulate_scenario
-
-META_FILE = "meta.json"
-_INDEX_LOCK = ".meta.lock"
-_RATE_DIGITS = 6
-_FOLDER_MODE = 0o755
-
 
 @dataclass(frozen=True)
 class OutputNames:
@@ -90,20 +82,13 @@ def write_scenario(
     """Simulate, write into a temp dir, rename into place, update the index."""
     arrays = simulate_scenario(scenario, params)
     meta = _scenario_meta(arrays, params, names)
-    final = names.folder(out_dir, scenario)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        tmp.chmod(_FOLDER_MODE)  # mkdtemp makes it owner-only
+    with staged_folder(names.folder(out_dir, scenario), overwrite) as tmp:
         decimals = [params.float_decimals if c in NUMERICAL else None for c in COLUMNS]
         for part, file_name in names.files(scenario).items():
             cols = arrays.part(part)
             write_csv(tmp / file_name, COLUMNS, [cols[c] for c in COLUMNS], decimals)
-        _write_json(tmp / META_FILE, meta)
-        _publish(tmp, final, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _update_index(out_dir, scenario, meta)
+        write_json(tmp / META_FILE, meta)
+    update_index(out_dir, scenario, meta)
     return meta
 
 
@@ -187,7 +172,7 @@ def _scenario_meta(
         "params": params.to_dict(),
         "files": names.files(arrays.scenario),
         "rows": {"train": params.rows_train, "test": params.rows_test},
-        "targets": {k: round(v, _RATE_DIGITS) for k, v in arrays.targets.items()},
+        "targets": {k: round(v, RATE_DIGITS) for k, v in arrays.targets.items()},
     }
     for part in ("train", "test"):
         cols = arrays.part(part)
@@ -195,8 +180,8 @@ def _scenario_meta(
         meta[part] = {
             "clicks": int(click.sum()),
             "conversions": int(conv.sum()),
-            "ctr": round(float(click.mean()), _RATE_DIGITS),
-            "ctcvr": round(float(conv.mean()), _RATE_DIGITS),
+            "ctr": round(float(click.mean()), RATE_DIGITS),
+            "ctcvr": round(float(conv.mean()), RATE_DIGITS),
         }
     test_cols = arrays.part("test")
     test_p = arrays.part("test", arrays.probabilities)
@@ -225,23 +210,6 @@ def _average_ranks(score: np.ndarray) -> np.ndarray:
     return (first_rank + (counts - 1) / 2.0)[inverse]
 
 
-def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Rename the finished temp folder into place; losing a race to an identical folder is fine."""
-    if overwrite and final.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
-        os.replace(final, trash / final.name)
-        try:
-            os.rename(tmp, final)
-        finally:
-            shutil.rmtree(trash, ignore_errors=True)
-        return
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise  # a real failure, not another process that got there first
-
-
 def _check_existing(folder: Path, params: GeneratorParams) -> None:
     meta_path = folder / META_FILE
     if not meta_path.is_file():
@@ -260,28 +228,6 @@ def _check_existing(folder: Path, params: GeneratorParams) -> None:
             f"generated with other parameters ({details}); delete {folder} to regenerate, "
             "or point dataset.root elsewhere",
         )
-
-
-def _update_index(out_dir: Path, scenario: str, meta: dict[str, Any]) -> None:
-    """Merge one scenario into ``{out_dir}/meta.json`` under a file lock (several writers)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index_path = out_dir / META_FILE
-    with open(out_dir / _INDEX_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        index: dict[str, Any] = {"scenarios": {}}
-        if index_path.is_file():
-            try:
-                index = json.loads(index_path.read_text())
-            except json.JSONDecodeError:
-                pass  # rebuilt from the scenarios written from now on
-        index.setdefault("scenarios", {})[scenario] = meta
-        _write_json(index_path, index)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

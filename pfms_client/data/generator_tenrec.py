@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .generator import _RATE_DIGITS, _auc
-from .scenario_file import check_made_with, publish_scenario_file
+from .files import RATE_DIGITS, check_made_with, publish_scenario_file
+from .generator import _auc
 from .settings import DatasetSettings
 from .synthetic_tenrec import (
     COLUMNS,
@@ -79,9 +79,9 @@ def _scenario_meta(
 ) -> dict[str, Any]:
     cols = arrays.columns
     clicks = cols["click"] == 1
-    rates = {label: round(float(cols[label].mean()), _RATE_DIGITS) for label in LABELS}
+    rates = {label: round(float(cols[label].mean()), RATE_DIGITS) for label in LABELS}
     given_click = {
-        f"{label}_given_click": round(float(cols[label][clicks].mean()), _RATE_DIGITS)
+        f"{label}_given_click": round(float(cols[label][clicks].mean()), RATE_DIGITS)
         if clicks.any()
         else None
         for label in LABELS
@@ -94,7 +94,7 @@ def _scenario_meta(
         "rows": params.rows,
         "users": int(np.unique(cols["user_id"]).size),
         "items": int(np.unique(cols["item_id"]).size),
-        "targets": {k: round(v, _RATE_DIGITS) for k, v in arrays.targets.items()},
+        "targets": {k: round(v, RATE_DIGITS) for k, v in arrays.targets.items()},
         "rates": {**rates, **given_click},
         "oracle_auc": {
             "click": _auc(cols["click"], arrays.probabilities["click"]),

@@ -28,9 +28,8 @@ import pandas as pd
 
 from .atomic import FIRST_DATA_LINE, fail_at_first, int_column, number_column, read_atomic
 from .errors import DataValidationError
-from .generator import _RATE_DIGITS
+from .files import RATE_DIGITS, check_made_with, publish_scenario_file, sidecar_path
 from .movielens_fetch import RAW_FILES, fetch_raw
-from .scenario_file import check_made_with, publish_scenario_file, sidecar_path
 from .settings import DatasetSettings
 
 FETCH_COMMAND = "python -m pfms_client.data.movielens fetch"
@@ -366,7 +365,7 @@ def _write(
 
 
 def _rate(x: np.ndarray) -> float | None:
-    return round(float(x.mean()), _RATE_DIGITS) if len(x) else None
+    return round(float(x.mean()), RATE_DIGITS) if len(x) else None
 
 
 def _sha256(path: Path) -> str:
