@@ -282,8 +282,7 @@ def check_dataset(node: Any) -> None:
     """The ``dataset`` node: DatasetSettings (every key, unknown ones refused) plus the
     generator knobs' and the raw-file source's values; errors name the key."""
     from .data.settings import DatasetSettings
-    from .data.synthetic import GeneratorParams
-    from .data.synthetic_tenrec import TenrecGeneratorParams
+    from .data.synthetic.params import GeneratorParams, TenrecGeneratorParams
 
     try:
         settings = DatasetSettings.from_config(node)

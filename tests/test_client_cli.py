@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pfms_client import client_cli
-from pfms_client.data.generator import generate_scenario
+from pfms_client.data.synthetic.aliexpress import generate_scenario
 from pfms_client.procs import free_port
 
 

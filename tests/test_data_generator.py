@@ -12,19 +12,20 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from pfms_client.data import DataValidationError, load_scenario
-from pfms_client.data import generator as gen
+from pfms_client.data import DataValidationError, ensure_generated, load_scenario
 from pfms_client.data.csv_writer import write_csv
 from pfms_client.data.readers import read_csv_checked
 from pfms_client.data.schema import DatasetSchema
-from pfms_client.data.synthetic import (
+from pfms_client.data.synthetic import aliexpress as gen
+from pfms_client.data.synthetic.aliexpress import (
     CATEGORICAL,
     COLUMNS,
     NUMERICAL,
-    GeneratorParams,
     ScenarioArrays,
     simulate_scenario,
 )
+from pfms_client.data.synthetic.cli import main as generate_main
+from pfms_client.data.synthetic.params import GeneratorParams
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 SCENARIOS = ["NL", "ES", "FR", "US"]
@@ -174,19 +175,19 @@ def test_regenerate_replaces_the_folder(tmp_path):
 
 def test_ensure_generated_creates_once_and_checks_params(tmp_path):
     cfg = synthetic_cfg(tmp_path, rows_train=800, rows_test=200)
-    gen.ensure_generated(cfg, ["ES"])
+    ensure_generated(cfg, ["ES"])
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["ES"]
     stamp = (tmp_path / "ES" / "train.csv").stat().st_mtime_ns
-    gen.ensure_generated(cfg, ["ES"])
+    ensure_generated(cfg, ["ES"])
     assert (tmp_path / "ES" / "train.csv").stat().st_mtime_ns == stamp
     with pytest.raises(DataValidationError, match="rows_train") as info:
-        gen.ensure_generated(synthetic_cfg(tmp_path, rows_train=900, rows_test=200), ["ES"])
+        ensure_generated(synthetic_cfg(tmp_path, rows_train=900, rows_test=200), ["ES"])
     assert info.value.file == str(tmp_path / "ES" / "meta.json")
 
 
 _CHILD = (
     "import json, sys\n"
-    "from pfms_client.data.generator import ensure_generated\n"
+    "from pfms_client.data import ensure_generated\n"
     "ensure_generated(json.loads(sys.argv[1]), [sys.argv[2]])\n"
 )
 
@@ -214,7 +215,7 @@ def test_load_scenario_generates_on_demand(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    gen.main(
+    generate_main(
         [
             "--out",
             str(tmp_path),
@@ -239,4 +240,4 @@ def test_cli(tmp_path, capsys):
     assert meta["params"]["ctr_range"] == [0.1, 0.2] and meta["params"]["seed"] == 3
     assert 0.05 < meta["train"]["ctr"] < 0.3
     with pytest.raises(SystemExit):
-        gen.main(["--out", str(tmp_path), "--set", "ctr_range"])
+        generate_main(["--out", str(tmp_path), "--set", "ctr_range"])

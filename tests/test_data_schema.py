@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from pfms_client.data.schema import DatasetSchema
 from pfms_client.data.settings import DatasetSettings
-from pfms_client.data.synthetic import COLUMNS, GeneratorParams
+from pfms_client.data.synthetic.aliexpress import COLUMNS
+from pfms_client.data.synthetic.params import GeneratorParams
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 

@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from pfms_client.data import DataValidationError, load_scenario
-from pfms_client.data.generator import ensure_generated
-from pfms_client.data.generator_tenrec import generate_tenrec
+from pfms_client.data import DataValidationError, ensure_generated, load_scenario
 from pfms_client.data.readers import read_csv_checked
 from pfms_client.data.settings import DatasetSettings
-from pfms_client.data.synthetic_tenrec import (
+from pfms_client.data.synthetic.params import TenrecGeneratorParams
+from pfms_client.data.synthetic.tenrec import (
     COLUMNS,
     TenrecArrays,
-    TenrecGeneratorParams,
+    generate_tenrec,
     simulate_tenrec_scenario,
 )
 

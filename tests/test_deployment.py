@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import run_inprocess
-from pfms_client.data.generator import generate
+from pfms_client.data.synthetic.aliexpress import generate
 from pfms_server.deploy.certs import write_all
 from pfms_server.experiments.inprocess import InProcessGrid
 from pfms_client.procs import descendants, free_port, reachable, stop_tree

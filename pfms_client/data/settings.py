@@ -14,8 +14,7 @@ from typing import Any
 
 from .config_utils import check_keys, to_plain
 from .schema import DatasetSchema
-from .synthetic import GeneratorParams
-from .synthetic_tenrec import TenrecGeneratorParams
+from .synthetic.params import GeneratorParams, TenrecGeneratorParams
 
 LAYOUTS = ("aliexpress", "tenrec")
 NUMERIC_TRANSFORMS = ("none", "standardize")

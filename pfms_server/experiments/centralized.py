@@ -93,7 +93,7 @@ def scenario_column(schema: DatasetSchema) -> str:
 
 def pool_scenarios(cfg_dataset: Any) -> PooledData:
     """Read every scenario as its client does, add the scenario id, encode with one pooled vocabulary."""
-    from pfms_client.data.generator import ensure_generated
+    from pfms_client.data import ensure_generated
 
     settings = DatasetSettings.from_config(cfg_dataset)
     scenarios = list(settings.scenarios)

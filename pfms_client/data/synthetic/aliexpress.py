@@ -1,6 +1,8 @@
 """Synthetic AliExpress-schema scenarios with known shift and known label structure.
 
-Pure numpy, no files (see ``generator.py`` for writing). What the data is made of:
+``simulate_scenario`` is pure numpy and writes nothing; the second half of this
+module writes scenarios to disk (``generate``, ``write_scenario``,
+``ensure_aliexpress_generated``). What the data is made of:
 
 * Numerical features (63): latent Gaussians with one correlation structure
   shared by all scenarios (low-rank factors), shifted and rescaled per scenario,
@@ -21,16 +23,33 @@ Randomness: structure shared by all scenarios comes from ``seed`` alone;
 everything per scenario from ``(seed, crc32(scenario name))``, so one scenario
 generated alone is identical to the same scenario in a full run, whatever the
 list of scenarios is.
+
+On disk: ``{out}/{scenario}/train.csv``, ``test.csv`` and ``meta.json`` (params,
+target and measured rates, oracle AUCs), plus ``{out}/meta.json`` indexing all
+scenarios present. A scenario folder is built in a temp dir and renamed into
+place (``pfms_client.data.files``), so readers never see a half-written folder,
+and four Flower clients can generate their own scenarios at the same time.
 """
 
 from __future__ import annotations
 
-import math
-import zlib
-from dataclasses import asdict, dataclass, fields
-from typing import Any, get_args, get_origin, get_type_hints
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ..csv_writer import write_csv
+from ..errors import DataValidationError
+from ..files import META_FILE, RATE_DIGITS, staged_folder, update_index, write_json
+from .params import GeneratorParams
+from .stats import calibrate, oracle_auc, scenario_key, sigmoid
+
+if TYPE_CHECKING:
+    from ..settings import DatasetSettings
 
 # The MTReclib AliExpress layout (82 columns).
 ID_COLUMN = "search_id"
@@ -43,116 +62,8 @@ COLUMNS = (ID_COLUMN, *CATEGORICAL, *NUMERICAL, *LABELS)
 
 _SHARED_STREAM = 0  # rng stream tags, so shared and per-scenario draws never collide
 _SCENARIO_STREAM = 1
-_BISECT_STEPS = 60
-_BISECT_BOUND = 30.0
 _FIELD_WEIGHT_RANGE = (0.2, 1.0)  # relative importance of the id fields (then normalised)
 _SEARCH_ID_BASE_MAX = 10**9  # search ids start at a random per-scenario base below this
-
-
-class KnobParams:
-    """Config <-> frozen knob dataclass: an unknown knob is an error; YAML lists are tuples inside."""
-
-    @classmethod
-    def knob_names(cls) -> frozenset[str]:
-        return frozenset(f.name for f in fields(cls))
-
-    @classmethod
-    def from_dict(cls, knobs: dict[str, Any], where: str = "generator") -> Any:
-        """Every knob a value of its field's type, >= 0 (all are counts, seeds, stds, rates,
-        shares or exponents), ranges as [low, high] with low <= high; errors name ``where.knob``."""
-        names = cls.knob_names()
-        unknown = sorted(set(knobs) - names)
-        if unknown:
-            raise ValueError(f"{where}: unknown knob(s) {unknown}; known: {sorted(names)}")
-        hints = get_type_hints(cls)
-        for name, value in knobs.items():
-            if (expected := _knob_problem(hints[name], value)) is not None:
-                raise ValueError(f"{where}.{name}={value!r}: expected {expected}")
-        clean = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in knobs.items()}
-        try:
-            return cls(**clean)
-        except ValueError as exc:  # __post_init__ says "generator: ..."
-            msg = str(exc)
-            raise ValueError(where + msg[len("generator"):] if msg.startswith("generator") else msg) from exc
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-
-def _knob_problem(hint: Any, value: Any) -> str | None:
-    """What a knob of type ``hint`` should be, when ``value`` is not that; else None."""
-    if get_origin(hint) is tuple:
-        (item,) = set(get_args(hint))
-        if (
-            not isinstance(value, (list, tuple))
-            or len(value) != 2
-            or any(_knob_problem(item, v) is not None for v in value)
-            or value[0] > value[1]
-        ):
-            kind = "integers" if item is int else "numbers"
-            return f"[low, high]: two {kind} with 0 <= low <= high"
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float) if hint is float else int):
-        return "an integer >= 0" if hint is int else "a number >= 0"
-    if not math.isfinite(value) or value < 0:
-        return "an integer >= 0" if hint is int else "a number >= 0"
-    return None
-
-
-@dataclass(frozen=True)
-class GeneratorParams(KnobParams):
-    """Generator knobs. Defaults mirror ``conf/dataset/synthetic.yaml`` (a test keeps them in sync)."""
-
-    rows_train: int = 20_000
-    rows_test: int = 10_000
-    seed: int = 2024
-    # Per-scenario targets for the expected rates, drawn uniformly from these ranges.
-    ctr_range: tuple[float, float] = (0.035, 0.055)
-    ctcvr_range: tuple[float, float] = (0.0045, 0.0065)
-    # Numerical features.
-    num_factors: int = 8  # rank of the correlation structure shared by all scenarios
-    communality_range: tuple[float, float] = (0.2, 0.7)  # variance share explained by the factors
-    num_mean_shift: float = 0.5  # std of each scenario's shift of a latent feature mean
-    num_scale_shift: float = 0.2  # std of each scenario's log-scale change of a latent feature
-    zero_fraction_max: float = 0.2  # P(feature == 0) per scenario and feature ~ U(0, max)
-    # Categorical ids.
-    vocab_range: tuple[int, int] = (3, 5_000)  # id space per field, log-uniform, shared
-    site_code_max: int = 100  # categorical_1 = one constant code per scenario in [1, max]
-    id_window: float = 0.6  # fraction of a field's id space one scenario uses
-    zipf_range: tuple[float, float] = (0.9, 1.3)  # per-scenario popularity exponent
-    id_shared_fraction: float = 0.5  # variance share of an id effect common to all scenarios
-    search_group_mean: float = 8.0  # mean impressions per search_id
-    # Std of each part of the click logit.
-    click_shared: float = 1.0
-    click_scenario: float = 0.5
-    click_interactions: float = 0.3
-    click_ids: float = 0.5
-    num_interactions: int = 8  # shared pairwise products in the click logit
-    # Std of each part of the conversion-given-click logit.
-    conv_shared: float = 0.4  # along the shared click direction
-    conv_task: float = 0.8  # conversion-only weights, same in all scenarios
-    conv_scenario: float = 0.3
-    conv_ids: float = 0.3
-    float_decimals: int = 6  # numericals are written with this many decimals
-
-    def __post_init__(self) -> None:
-        if self.rows_train < 1 or self.rows_test < 1:
-            raise ValueError("generator: rows_train and rows_test must be >= 1")
-        if not (0 < self.ctcvr_range[1] < self.ctr_range[0] and self.ctr_range[1] < 1):
-            raise ValueError("generator: need 0 < ctcvr_range < ctr_range < 1")
-        if not 0 < self.id_window <= 1:
-            raise ValueError("generator: id_window must be in (0, 1]")
-        if self.vocab_range[0] < 2:
-            raise ValueError("generator: vocab_range must start at >= 2")
-        if self.communality_range[1] > 1:
-            raise ValueError("generator: communality_range must lie in [0, 1]")
-        for name in ("zero_fraction_max", "id_shared_fraction"):
-            if getattr(self, name) > 1:
-                raise ValueError(f"generator: {name} must be in [0, 1]")
-        if self.num_factors < 1 or self.site_code_max < 1:
-            raise ValueError("generator: num_factors and site_code_max must be >= 1")
-        if self.search_group_mean < 1:
-            raise ValueError("generator: search_group_mean must be >= 1 (impressions per search_id)")
 
 
 @dataclass(frozen=True)
@@ -189,11 +100,6 @@ class ScenarioArrays:
         """Rows of ``which`` ("train" | "test") of ``columns`` (or of ``arrays``)."""
         sl = slice(0, self.rows_train) if which == "train" else slice(self.rows_train, None)
         return {k: v[sl] for k, v in (self.columns if arrays is None else arrays).items()}
-
-
-def scenario_key(scenario: str) -> int:
-    """Stable 32-bit key of a scenario name (Python's hash() is salted per process)."""
-    return zlib.crc32(scenario.encode("utf-8"))
 
 
 def simulate_scenario(scenario: str, params: GeneratorParams) -> ScenarioArrays:
@@ -254,8 +160,8 @@ def simulate_scenario(scenario: str, params: GeneratorParams) -> ScenarioArrays:
         + params.conv_scenario * (u @ w_conv_s)
         + params.conv_ids * id_conv
     )
-    p_click = _sigmoid(click_logit + _calibrate(click_logit, ctr))
-    p_conv = _sigmoid(conv_logit + _calibrate(conv_logit, ctcvr, weight=p_click))
+    p_click = sigmoid(click_logit + calibrate(click_logit, ctr))
+    p_conv = sigmoid(conv_logit + calibrate(conv_logit, ctcvr, weight=p_click))
     click = rng.random(n) < p_click
     conversion = click & (rng.random(n) < p_conv)
 
@@ -337,18 +243,137 @@ def _sample_ids(
     return id_of_rank[rng.choice(width, size=n, p=popularity)]
 
 
-def _calibrate(logit: np.ndarray, target: float, weight: np.ndarray | None = None) -> float:
-    """Bias b with mean(weight * sigmoid(logit + b)) == target (bisection; monotone in b)."""
-    w = np.ones_like(logit) if weight is None else weight
-    lo, hi = -_BISECT_BOUND, _BISECT_BOUND
-    for _ in range(_BISECT_STEPS):
-        mid = 0.5 * (lo + hi)
-        if np.mean(w * _sigmoid(logit + mid)) < target:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+# --- writing: one folder per scenario, published atomically ----------------------------------
+@dataclass(frozen=True)
+class OutputNames:
+    """Where a scenario's files go inside ``out_dir`` (the ``dataset`` config's names)."""
+
+    scenario_dir: str = "{scenario}"
+    train_file: str = "train.csv"
+    test_file: str = "test.csv"
+
+    def folder(self, out_dir: Path, scenario: str) -> Path:
+        return out_dir / self.scenario_dir.format(scenario=scenario)
+
+    def files(self, scenario: str) -> dict[str, str]:
+        """``{"train": name, "test": name}``; names may contain ``{scenario}`` too."""
+        return {
+            "train": self.train_file.format(scenario=scenario),
+            "test": self.test_file.format(scenario=scenario),
+        }
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+_DEFAULTS = GeneratorParams()
+
+
+def generate(
+    out_dir: str | os.PathLike[str],
+    scenarios: Sequence[str],
+    rows_train: int = _DEFAULTS.rows_train,
+    rows_test: int = _DEFAULTS.rows_test,
+    seed: int = _DEFAULTS.seed,
+    **knobs: Any,
+) -> dict[str, dict[str, Any]]:
+    """Generate (or regenerate) every scenario; returns each scenario's meta."""
+    return {
+        s: generate_scenario(out_dir, s, rows_train, rows_test, seed, **knobs) for s in scenarios
+    }
+
+
+def generate_scenario(
+    out_dir: str | os.PathLike[str],
+    scenario: str,
+    rows_train: int = _DEFAULTS.rows_train,
+    rows_test: int = _DEFAULTS.rows_test,
+    seed: int = _DEFAULTS.seed,
+    **knobs: Any,
+) -> dict[str, Any]:
+    """Generate one scenario alone; byte-identical to the same scenario in a full run."""
+    params = GeneratorParams.from_dict(
+        {"rows_train": rows_train, "rows_test": rows_test, "seed": seed, **knobs}
+    )
+    return write_scenario(Path(out_dir), scenario, params, OutputNames(), overwrite=True)
+
+
+def write_scenario(
+    out_dir: Path, scenario: str, params: GeneratorParams, names: OutputNames, overwrite: bool
+) -> dict[str, Any]:
+    """Simulate, write into a temp dir, rename into place, update the index."""
+    arrays = simulate_scenario(scenario, params)
+    meta = _scenario_meta(arrays, params, names)
+    with staged_folder(names.folder(out_dir, scenario), overwrite) as tmp:
+        decimals = [params.float_decimals if c in NUMERICAL else None for c in COLUMNS]
+        for part, file_name in names.files(scenario).items():
+            cols = arrays.part(part)
+            write_csv(tmp / file_name, COLUMNS, [cols[c] for c in COLUMNS], decimals)
+        write_json(tmp / META_FILE, meta)
+    update_index(out_dir, scenario, meta)
+    return meta
+
+
+def ensure_aliexpress_generated(settings: DatasetSettings, scenarios: Sequence[str]) -> None:
+    """Generate the scenarios whose folders are missing; check existing ones.
+
+    An existing folder made with other generator parameters is an error rather
+    than silently reused. (``pfms_client.data.ensure_generated`` picks the layout.)
+    """
+    if "{scenario}" not in str(settings.scenario_dir):
+        raise ValueError("dataset.generator needs a scenario_dir containing '{scenario}'")
+    params = GeneratorParams.from_dict(settings.generator)
+    names = OutputNames(
+        str(settings.scenario_dir), str(settings.train_file), str(settings.test_file)
+    )
+    for scenario in scenarios:
+        settings.check_scenario(scenario)
+        folder = names.folder(settings.root, scenario)
+        if not folder.is_dir():
+            write_scenario(settings.root, scenario, params, names, overwrite=False)
+        _check_existing(folder, params)
+
+
+def _scenario_meta(
+    arrays: ScenarioArrays, params: GeneratorParams, names: OutputNames
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "scenario": arrays.scenario,
+        "params": params.to_dict(),
+        "files": names.files(arrays.scenario),
+        "rows": {"train": params.rows_train, "test": params.rows_test},
+        "targets": {k: round(v, RATE_DIGITS) for k, v in arrays.targets.items()},
+    }
+    for part in ("train", "test"):
+        cols = arrays.part(part)
+        click, conv = cols["click"], cols["conversion"]
+        meta[part] = {
+            "clicks": int(click.sum()),
+            "conversions": int(conv.sum()),
+            "ctr": round(float(click.mean()), RATE_DIGITS),
+            "ctcvr": round(float(conv.mean()), RATE_DIGITS),
+        }
+    test_cols = arrays.part("test")
+    test_p = arrays.part("test", arrays.probabilities)
+    meta["oracle_auc_test"] = {
+        "ctr": oracle_auc(test_cols["click"], test_p["click"]),
+        "ctcvr": oracle_auc(test_cols["conversion"], test_p["conversion"]),
+    }
+    return meta
+
+
+def _check_existing(folder: Path, params: GeneratorParams) -> None:
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise DataValidationError(
+            meta_path, "scenario folder exists but was not made by the generator (no meta.json)"
+        )
+    found = json.loads(meta_path.read_text()).get("params", {})
+    wanted = params.to_dict()
+    diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+    if diff:
+        details = ", ".join(
+            f"{k}: {found.get(k)!r} on disk vs {wanted.get(k)!r} configured" for k in diff
+        )
+        raise DataValidationError(
+            meta_path,
+            f"generated with other parameters ({details}); delete {folder} to regenerate, "
+            "or point dataset.root elsewhere",
+        )

@@ -1,6 +1,8 @@
 """Synthetic Tenrec-schema scenarios: shared user/item structure, scenario-specific shifts.
 
-Pure numpy, no files (see ``generator_tenrec.py`` for writing). What the data is made of:
+``simulate_tenrec_scenario`` is pure numpy and writes nothing; the second half of
+this module writes scenarios to disk (``generate_tenrec``, ``write_tenrec_scenario``,
+``ensure_tenrec_generated``). What the data is made of:
 
 * Users and items come from id spaces shared by all scenarios; a scenario sees
   a window of each (windows partly overlap) with a Zipf popularity of its own.
@@ -19,15 +21,29 @@ Pure numpy, no files (see ``generator_tenrec.py`` for writing). What the data is
 Randomness: shared structure from ``seed`` alone, a scenario's from
 ``(seed, crc32(scenario name))``, so one scenario generated alone equals the
 same scenario in a full run.
+
+On disk: ``{out}/{scenario}.csv`` (the Tenrec video columns) with a
+``{scenario}.meta.json`` sidecar (params, target and measured rates, oracle
+AUCs), plus ``{out}/meta.json`` indexing all scenarios present. The test rows
+are held out by the Tenrec reader (``dataset.split``), not here.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .synthetic import KnobParams, _calibrate, _sigmoid, scenario_key
+from ..files import RATE_DIGITS, check_made_with, publish_scenario_file
+from .params import TenrecGeneratorParams
+from .stats import calibrate, oracle_auc, scenario_key, sigmoid
+
+if TYPE_CHECKING:
+    from ..settings import DatasetSettings
 
 # The Tenrec QK-video / QB-video column order.
 COLUMNS = (
@@ -44,70 +60,8 @@ COLUMNS = (
 )
 LABELS = ("click", "follow", "like", "share")
 
-_SHARED_STREAM = 10  # rng stream tags, distinct from synthetic.py's
+_SHARED_STREAM = 10  # rng stream tags, distinct from aliexpress.py's
 _SCENARIO_STREAM = 11
-
-
-@dataclass(frozen=True)
-class TenrecGeneratorParams(KnobParams):
-    """Generator knobs; defaults mirror ``conf/dataset/synthetic_tenrec.yaml`` (a test checks)."""
-
-    rows: int = 30_000  # per scenario; the reader holds out the test rows
-    seed: int = 2024
-    # Users and items (id spaces shared by all scenarios).
-    num_users: int = 8_000
-    num_items: int = 4_000
-    user_window: float = 0.5  # fraction of the user id space one scenario sees
-    item_window: float = 0.6
-    user_zipf_range: tuple[float, float] = (0.3, 0.6)  # per-scenario activity skew
-    item_zipf_range: tuple[float, float] = (0.8, 1.1)  # per-scenario item popularity skew
-    num_categories: int = 20
-    num_genders: int = 3
-    num_ages: int = 8
-    latent_dim: int = 8
-    demographic_share: float = 0.7  # variance share of a user factor set by (gender, age)
-    category_share: float = 0.7  # variance share of an item factor set by its category
-    id_shared_fraction: float = 0.6  # variance share of a user/item bias common to all scenarios
-    # Per-scenario rates, drawn uniformly from these ranges (like/share/follow: given a click).
-    click_rate_range: tuple[float, float] = (0.15, 0.35)
-    like_rate_range: tuple[float, float] = (0.04, 0.12)
-    share_rate_range: tuple[float, float] = (0.005, 0.02)
-    follow_rate_range: tuple[float, float] = (0.003, 0.012)
-    # Std of each part of the click logit.
-    click_affinity: float = 1.0  # shared user . item factors
-    click_scenario: float = 0.5  # the scenario's own (gender, age) x category affinity
-    click_user: float = 0.5
-    click_item: float = 0.7
-    # Std of each part of the like-given-click logit.
-    like_click: float = 0.5  # along the shared click affinity
-    like_task: float = 0.8  # like-only affinity, same in every scenario
-    like_scenario: float = 0.4
-    like_user: float = 0.6  # a user's propensity to like, same in every scenario
-    # Std of each part of the share / follow given click logits.
-    share_click: float = 0.6
-    share_user: float = 0.6
-    follow_user: float = 0.8
-    follow_item: float = 0.6  # a creator effect
-    watch_extra_mean: float = 1.5  # watching_times = 1 + Poisson(about this) on a click, else 0
-
-    def __post_init__(self) -> None:
-        if self.rows < 1:
-            raise ValueError("generator: rows must be >= 1")
-        for name in ("num_users", "num_items", "num_categories", "num_genders", "num_ages"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"generator: {name} must be >= 1")
-        if self.latent_dim < 1:
-            raise ValueError("generator: latent_dim must be >= 1")
-        for name in ("user_window", "item_window"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"generator: {name} must be in (0, 1]")
-        for name in ("demographic_share", "category_share", "id_shared_fraction"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"generator: {name} must be in [0, 1]")
-        for name in ("click_rate_range", "like_rate_range", "share_rate_range", "follow_rate_range"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi < 1:
-                raise ValueError(f"generator: {name} must satisfy 0 < low <= high < 1")
 
 
 @dataclass(frozen=True)
@@ -188,12 +142,12 @@ def simulate_tenrec_scenario(scenario: str, params: TenrecGeneratorParams) -> Te
         params.follow_user * shared.user_follow[users]
         + params.follow_item * shared.item_follow[items]
     )
-    p_click = _sigmoid(click_logit + _calibrate(click_logit, rates["click"]))
+    p_click = sigmoid(click_logit + calibrate(click_logit, rates["click"]))
     mean_click = float(p_click.mean())
 
     def given_click(logit: np.ndarray, rate: float) -> np.ndarray:
         """P(label | click) with E[P(click) P(label | click)] / E[P(click)] == rate."""
-        return _sigmoid(logit + _calibrate(logit, rate * mean_click, weight=p_click))
+        return sigmoid(logit + calibrate(logit, rate * mean_click, weight=p_click))
 
     p_like = given_click(like_logit, rates["like"])
     p_share = given_click(share_logit, rates["share"])
@@ -202,7 +156,7 @@ def simulate_tenrec_scenario(scenario: str, params: TenrecGeneratorParams) -> Te
     like = click & (rng.random(n) < p_like)
     share = click & (rng.random(n) < p_share)
     follow = click & (rng.random(n) < p_follow)
-    watch_mean = params.watch_extra_mean * 2.0 * _sigmoid(affinity)  # mean ~ watch_extra_mean
+    watch_mean = params.watch_extra_mean * 2.0 * sigmoid(affinity)  # mean ~ watch_extra_mean
     watching = np.where(click, 1 + rng.poisson(watch_mean), 0)
 
     values = {
@@ -283,3 +237,81 @@ def _sample_window(
     popularity /= popularity.sum()
     id_of_rank = offset + rng.permutation(width)
     return id_of_rank[rng.choice(width, size=n, p=popularity)]
+
+
+# --- writing: one CSV + meta sidecar per scenario, published atomically ---------------------
+DEFAULT_FILE = "{scenario}.csv"
+
+
+def generate_tenrec(
+    out_dir: str | os.PathLike[str], scenarios: Sequence[str], **knobs: Any
+) -> dict[str, dict[str, Any]]:
+    """Generate (or regenerate) ``{out_dir}/{scenario}.csv`` for each scenario; returns the metas."""
+    params = TenrecGeneratorParams.from_dict(knobs)
+    return {
+        s: write_tenrec_scenario(Path(out_dir) / DEFAULT_FILE.format(scenario=s), s, params)
+        for s in scenarios
+    }
+
+
+def write_tenrec_scenario(path: Path, scenario: str, params: TenrecGeneratorParams) -> dict[str, Any]:
+    """Simulate one scenario and publish its CSV and meta atomically."""
+    arrays = simulate_tenrec_scenario(scenario, params)
+    meta = _scenario_meta(arrays, params, path.name)
+    publish_scenario_file(
+        path,
+        COLUMNS,
+        [arrays.columns[c] for c in COLUMNS],
+        [None] * len(COLUMNS),
+        meta,
+        scenario,
+    )
+    return meta
+
+
+def ensure_tenrec_generated(settings: DatasetSettings, scenarios: Sequence[str]) -> None:
+    """Generate the scenarios whose files are missing; an existing file must match the knobs."""
+    if settings.generator is None:
+        return
+    if "{scenario}" not in str(settings.scenario_file):
+        raise ValueError("dataset.generator needs a scenario_file containing '{scenario}'")
+    params = TenrecGeneratorParams.from_dict(settings.generator)
+    for scenario in scenarios:
+        settings.check_scenario(scenario)
+        path = settings.scenario_path(scenario)
+        if not path.is_file():
+            write_tenrec_scenario(path, scenario, params)
+        check_made_with(
+            path,
+            params.to_dict(),
+            f"delete {path} to regenerate, or point dataset.root elsewhere",
+        )
+
+
+def _scenario_meta(
+    arrays: TenrecArrays, params: TenrecGeneratorParams, file_name: str
+) -> dict[str, Any]:
+    cols = arrays.columns
+    clicks = cols["click"] == 1
+    rates = {label: round(float(cols[label].mean()), RATE_DIGITS) for label in LABELS}
+    given_click = {
+        f"{label}_given_click": round(float(cols[label][clicks].mean()), RATE_DIGITS)
+        if clicks.any()
+        else None
+        for label in LABELS
+        if label != "click"
+    }
+    return {
+        "scenario": arrays.scenario,
+        "params": params.to_dict(),
+        "file": file_name,
+        "rows": params.rows,
+        "users": int(np.unique(cols["user_id"]).size),
+        "items": int(np.unique(cols["item_id"]).size),
+        "targets": {k: round(v, RATE_DIGITS) for k, v in arrays.targets.items()},
+        "rates": {**rates, **given_click},
+        "oracle_auc": {
+            "click": oracle_auc(cols["click"], arrays.probabilities["click"]),
+            "like": oracle_auc(cols["like"], arrays.probabilities["like"]),
+        },
+    }
