@@ -17,8 +17,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from pfms_client.data import DataValidationError, load_scenario
-from pfms_client.data import movielens_fetch
-from pfms_client.data.movielens import MovieLensSource, convert, ensure_converted, genre_column, main
+from pfms_client.data.movielens import fetch as movielens_fetch
+from pfms_client.data.movielens.convert import MovieLensSource, convert, ensure_converted, genre_column, main
 from pfms_client.data.readers import read_csv_checked
 from pfms_client.data.settings import DatasetSettings
 

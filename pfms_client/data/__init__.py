@@ -43,7 +43,7 @@ def load_scenario(cfg_dataset: Any, scenario: str) -> ScenarioData:
     if settings.generator is not None:
         ensure_generated(settings, [scenario])
     if settings.source is not None:
-        from .movielens import ensure_converted
+        from .movielens.convert import ensure_converted
 
         ensure_converted(settings, [scenario])
     train_df, test_df = read_scenario(settings, scenario)

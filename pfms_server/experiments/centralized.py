@@ -100,7 +100,7 @@ def pool_scenarios(cfg_dataset: Any) -> PooledData:
     if settings.generator is not None:
         ensure_generated(settings, scenarios)
     if settings.source is not None:
-        from pfms_client.data.movielens import ensure_converted
+        from pfms_client.data.movielens.convert import ensure_converted
 
         ensure_converted(settings, scenarios)
     column = scenario_column(settings.schema)

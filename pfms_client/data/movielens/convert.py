@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .atomic import FIRST_DATA_LINE, fail_at_first, int_column, number_column, read_atomic
-from .errors import DataValidationError
-from .files import RATE_DIGITS, check_made_with, publish_scenario_file, sidecar_path
-from .movielens_fetch import RAW_FILES, fetch_raw
-from .settings import DatasetSettings
+from ..errors import DataValidationError
+from ..files import RATE_DIGITS, check_made_with, publish_scenario_file, sidecar_path
+from ..settings import DatasetSettings
+from .fetch import RAW_FILES, fetch_raw
+from .recbole_files import FIRST_DATA_LINE, fail_at_first, int_column, number_column, read_recbole_file
 
 FETCH_COMMAND = "python -m pfms_client.data.movielens fetch"
 AGE = "age"  # the grouping by inclusive [min, max] age ranges; also the age_band feature
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    from ..config import load_config  # only the CLI composes the config itself
+    from ...config import load_config  # only the CLI composes the config itself
 
     cfg = load_config(["dataset=movielens", *args.overrides])
     settings = DatasetSettings.from_config(cfg.dataset)
@@ -213,9 +213,9 @@ def _read_raw(source: MovieLensSource) -> tuple[dict, dict, dict, dict[str, Path
     hint = f"fetch it with: {fetch_command(source.raw_dir)}"
     paths = {kind: source.raw_dir / name for kind, name in RAW_FILES.items()}
     user_cols = _USER + ((source.grouping,) if source.grouping not in _USER else ())
-    inter_df = read_atomic(paths["inter"], _INTER, hint)
-    user_df = read_atomic(paths["user"], user_cols, hint)
-    item_df = read_atomic(paths["item"], _ITEM, hint)
+    inter_df = read_recbole_file(paths["inter"], _INTER, hint)
+    user_df = read_recbole_file(paths["user"], user_cols, hint)
+    item_df = read_recbole_file(paths["item"], _ITEM, hint)
     inter = {
         "user_id": _ids(inter_df, "user_id", paths["inter"]),
         "item_id": _ids(inter_df, "item_id", paths["inter"]),

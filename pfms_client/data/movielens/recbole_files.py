@@ -1,4 +1,5 @@
-"""Read RecBole atomic files: tab-separated, a typed header (``user_id:token``), no quoting.
+"""Read RecBole's data files (RecBole calls them "atomic files": ``.inter``, ``.user``,
+``.item``): tab-separated, a typed header (``user_id:token``), no quoting.
 
 Only the columns asked for are returned, as strings exactly as written, so
 each caller decides what a valid cell is; a missing file or column, a
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataValidationError
+from ..errors import DataValidationError
 
 _HEADER_LINE = 1
 FIRST_DATA_LINE = 2
@@ -23,8 +24,8 @@ _SEP = "\t"
 _TYPE_SEP = ":"
 
 
-def read_atomic(path: Path, columns: Sequence[str], missing_hint: str = "") -> pd.DataFrame:
-    """The ``columns`` of one atomic file as strings; ``missing_hint`` ends a not-found message."""
+def read_recbole_file(path: Path, columns: Sequence[str], missing_hint: str = "") -> pd.DataFrame:
+    """The ``columns`` of one RecBole file as strings; ``missing_hint`` ends a not-found message."""
     if not path.is_file():
         hint = f"; {missing_hint}" if missing_hint else ""
         raise DataValidationError(path, f"file not found{hint}")
