@@ -7,4 +7,15 @@ certificate, one key pair per SuperNode). Each is a module with a ``main``; none
 is imported until it is used.
 """
 
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
 __all__ = ["certs", "local_run", "server_cli"]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return importlib.import_module(f".{name}", __name__)

@@ -7,4 +7,15 @@ those runs (and the tests) use, and ``centralized`` is the pooled-rows reference
 ignores privacy (``strategy=centralized``, no Flower). None is imported until used.
 """
 
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
 __all__ = ["centralized", "compare", "compare_report", "inprocess"]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return importlib.import_module(f".{name}", __name__)
