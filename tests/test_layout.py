@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,12 @@ def test_no_module_imports_a_private_name_of_another_module():
                     borrowed += [f"{path.relative_to(REPO)}:{node.lineno} {alias.name}" for alias in node.names
                                  if alias.name.startswith("_") and not alias.name.startswith("__")]
     assert borrowed == []
+
+
+def test_the_contract_that_keeps_aggregation_apart_names_every_other_part_of_the_server():
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (apart,) = [c for c in contracts if c.get("source_modules") == ["pfms_server.aggregation"]
+                and "pfms_server.report" in c["forbidden_modules"]]
+    server = importlib.import_module("pfms_server")
+    parts = {f"pfms_server.{m.name}" for m in pkgutil.iter_modules(server.__path__)} - {"pfms_server.aggregation"}
+    assert set(apart["forbidden_modules"]) == parts
