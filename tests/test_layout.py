@@ -10,11 +10,11 @@ import pkgutil
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
 PACKAGES = ("pfms_client", "pfms_server")
 HEAVY = ("torch", "flwr")
 

@@ -11,12 +11,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import CONF_DATASET as CONF, FIXTURES
 from pfms_client.data import DataValidationError
 from pfms_client.data.readers import read_aliexpress, read_csv_checked, read_scenario, read_tenrec
 from pfms_client.data.schema import DatasetSchema
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 ALI_DIR = FIXTURES / "aliexpress_sample"
 TRAIN = "rechub_US_train.csv"
 

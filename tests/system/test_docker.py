@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
+ROOT = REPO
 DOCKER = ROOT / "docker"
 SCENARIOS = ["NL", "ES", "FR", "US"]
 SUPERNODES = {f"supernode-{s.lower()}": s for s in SCENARIOS}

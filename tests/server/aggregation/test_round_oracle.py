@@ -6,7 +6,7 @@ sample-weighted FedAvg, S by a consensus update d per expert and
 theta_k = sent_k + D_k + alpha_k d, towers by update attention scaled by beta,
 and alpha/beta by the hypergradient <theta_sent - theta_trained, direction> with
 torch.optim.SGD's rule (momentum, weight decay) clamped to [0, 1]. Its only
-borrowed pieces are conflict.cagrad/pcgrad, which tests/test_conflict.py checks
+borrowed pieces are conflict.cagrad/pcgrad, which tests/server/aggregation/test_conflict.py checks
 against brute force.
 """
 

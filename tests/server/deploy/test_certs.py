@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from pfms_server.deploy import certs
 from pfms_client.procs import bin_dir, flower_env, free_port, stop_tree
+from pfms_server.deploy import certs
 
 NODES = ["NL", "ES"]
 

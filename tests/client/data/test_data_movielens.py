@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import CONF_DATASET as CONF
 from pfms_client.data import DataValidationError, load_scenario
 from pfms_client.data.movielens import fetch as movielens_fetch
 from pfms_client.data.movielens.convert import MovieLensSource, convert, ensure_converted, genre_column, main
 from pfms_client.data.readers import read_csv_checked
 from pfms_client.data.settings import DatasetSettings
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 
 USERS = """user_id:token	age:token	gender:token	occupation:token	zip_code:token
 1	22	M	student	11111

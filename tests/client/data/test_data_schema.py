@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import CONF_DATASET as CONF
 from pfms_client.data.schema import DatasetSchema
 from pfms_client.data.settings import DatasetSettings
 from pfms_client.data.synthetic.aliexpress import COLUMNS
 from pfms_client.data.synthetic.params import GeneratorParams
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 
 
 def _dataset(name: str, seed: int = 3, data: str = "/data"):

@@ -19,13 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_inprocess
+from conftest import REPO, run_inprocess
 from pfms_client.data.synthetic.aliexpress import generate
+from pfms_client.procs import descendants, free_port, reachable, stop_tree
 from pfms_server.deploy.certs import write_all
 from pfms_server.experiments.inprocess import InProcessGrid
-from pfms_client.procs import descendants, free_port, reachable, stop_tree
 
-REPO = Path(__file__).resolve().parent.parent
 FAULTY_APP = Path(__file__).resolve().parent / "apps" / "faulty"
 SCENARIOS = ["NL", "ES", "FR", "US"]
 DATA = ["dataset.generator.rows_train=3000", "dataset.generator.rows_test=1000"]
@@ -61,7 +60,7 @@ def _rows(strategy) -> dict:
     return {(r["round"], r["scenario"], r["task"]): (r["auc"], r["logloss"]) for r in strategy.rows}
 
 
-# ROUND:SCENARIO:KIND, applied to train replies by tests/apps/faulty (two per round,
+# ROUND:SCENARIO:KIND, applied to train replies by tests/system/apps/faulty (two per round,
 # so each round still has min_train_nodes=2 valid replies).
 FAULTS = "1:FR:nan 1:ES:shape 2:NL:name 2:US:dtype"
 
@@ -120,7 +119,7 @@ def deployment(tmp_path_factory):
 @pytest.mark.slow
 def test_tls_auth_run_matches_inprocess_drops_bad_replies_and_refuses_unenrolled_node(deployment, tmp_path):
     """The pfms ServerApp and ClientApp over HTTPS with node auth. The ClientApp carries a
-    test mod (tests/apps/faulty) that spoils one tensor of chosen train replies: each is
+    test mod (tests/system/apps/faulty) that spoils one tensor of chosen train replies: each is
     dropped for its round with a log line naming node and tensor, the run completes,
     and its metrics equal an in-process run of the same seed, config and faults."""
     env, root = deployment["env"], deployment["root"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,12 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import CONF_DATASET as CONF, FIXTURES
 from pfms_client.data import ScenarioData, load_scenario
 from pfms_client.data.settings import DatasetSettings
 from pfms_client.data.tensors import build_scenario_data, validation_indices
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 
 
 def _yaml_cfg(name: str, **updates) -> dict:

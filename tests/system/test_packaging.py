@@ -8,7 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
 PACKAGES = ("pfms_client", "pfms_server")
 BUILD_FILES = ("pyproject.toml", "setup.py", "README.md")  # what the build reads besides the packages and conf/
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import CONF_DATASET as CONF, FIXTURES
 from pfms_client.data import DataValidationError, ensure_generated, load_scenario
 from pfms_client.data.readers import read_csv_checked
 from pfms_client.data.settings import DatasetSettings
@@ -21,7 +22,6 @@ from pfms_client.data.synthetic.tenrec import (
     simulate_tenrec_scenario,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 SCENARIOS = ["QK-video", "QB-video", "QK-article", "QB-article"]
 SMALL = {"rows": 1200, "seed": 5}
 
@@ -66,7 +66,7 @@ def test_files_follow_the_tenrec_schema_and_meta_reports_rates(tmp_path):
     settings = DatasetSettings.from_config(tenrec_synth_cfg(tmp_path))
     df = read_csv_checked(tmp_path / "QB-video.csv", settings.schema)  # validates constraints too
     assert list(df.columns) == list(COLUMNS) and len(df) == 1200
-    real_layout = (Path(__file__).parent / "fixtures" / "tenrec" / "QK-video.csv").open().readline()
+    real_layout = (FIXTURES / "tenrec" / "QK-video.csv").open().readline()
     assert ",".join(COLUMNS) == real_layout.strip()
     meta = json.loads((tmp_path / "QB-video.meta.json").read_text())
     index = json.loads((tmp_path / "meta.json").read_text())

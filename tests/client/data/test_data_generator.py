@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import CONF_DATASET as CONF
 from pfms_client.data import DataValidationError, ensure_generated, load_scenario
 from pfms_client.data.csv_writer import write_csv
 from pfms_client.data.readers import read_csv_checked
@@ -27,7 +28,6 @@ from pfms_client.data.synthetic.aliexpress import (
 from pfms_client.data.synthetic.cli import main as generate_main
 from pfms_client.data.synthetic.params import GeneratorParams
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 SCENARIOS = ["NL", "ES", "FR", "US"]
 SMALL = {"rows_train": 1500, "rows_test": 500, "seed": 5}
 
