@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pfms_server.procs import bin_dir, flower_env, free_port, parse_address, reachable, run_foreground
+from .procs import bin_dir, flower_env, free_port, parse_address, reachable, run_foreground
 
 
 def parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ from typing import Any
 from .config import ConfigError
 from .template import SHAREABLE
 
-# What the client code accepts; tests/test_config_check.py checks these equal the
+# What the client code accepts; tests/server/test_config_check.py checks these equal the
 # constants of the modules that use them (local_update.MODES, client_app.SPLITS and
 # mmoe.build_model), which import torch: this module stays light for the server.
 CLIENT_MODES = ("plain", "fedrep", "ditto")
@@ -282,8 +282,7 @@ def check_dataset(node: Any) -> None:
     """The ``dataset`` node: DatasetSettings (every key, unknown ones refused) plus the
     generator knobs' and the raw-file source's values; errors name the key."""
     from .data.settings import DatasetSettings
-    from .data.synthetic import GeneratorParams
-    from .data.synthetic_tenrec import TenrecGeneratorParams
+    from .data.synthetic.params import GeneratorParams, TenrecGeneratorParams
 
     try:
         settings = DatasetSettings.from_config(node)

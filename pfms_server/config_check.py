@@ -34,8 +34,8 @@ from pfms_client.config_check import (
     show,
 )
 
-from .round import ALPHA_MODES, CONFLICT_METHODS, TOWER_MODES
-from .rules import ALGORITHMS, make_rule
+from .aggregation.pfmsmtrec import ALPHA_MODES, CONFLICT_METHODS, TOWER_MODES
+from .aggregation.rules import ALGORITHMS, make_rule
 
 CENTRALIZED = "centralized"  # strategy.algorithm of the pooled-rows reference (pfms-compare runs it, no Flower)
 CHECKPOINT = "server_state/state.json"  # what a resumable run folder holds (server_app.resume_state)
@@ -104,7 +104,7 @@ def _flower_algorithm(cfg: Mapping[str, Any]) -> str | None:
     algorithm = get(cfg, "strategy.algorithm")
     if algorithm == CENTRALIZED:
         return (f"strategy.algorithm={algorithm!r}: the pooled-rows reference runs without Flower (pfms-compare, "
-                f"or python -m pfms_client.centralized); a Flower run takes one of {list(ALGORITHMS)}")
+                f"or python -m pfms_server.experiments.centralized); a Flower run takes one of {list(ALGORITHMS)}")
     return None
 
 

@@ -24,17 +24,17 @@ from pfms_client.config import ConfigError
 
 from . import report
 from .config_check import load_run_config
-from .round import hyperparams
-from .rules import make_rule
-from .state import ServerState
-from .strategy import PFMSMTrec
+from .aggregation.pfmsmtrec import hyperparams
+from .aggregation.rules import make_rule
+from .aggregation.state import ServerState
+from .strategy import ScenarioStrategy
 
 app = ServerApp()
 
 
-def build_strategy(cfg: DictConfig, run_dir: Path | None, state: ServerState | None = None) -> PFMSMTrec:
+def build_strategy(cfg: DictConfig, run_dir: Path | None, state: ServerState | None = None) -> ScenarioStrategy:
     part = cfg.strategy.participation
-    return PFMSMTrec(
+    return ScenarioStrategy(
         make_rule(cfg.strategy, seed=int(cfg.seed)),
         [str(s) for s in cfg.dataset.scenarios],
         seed=int(cfg.seed),
@@ -50,7 +50,7 @@ def build_strategy(cfg: DictConfig, run_dir: Path | None, state: ServerState | N
     )
 
 
-def summarize(strategy: PFMSMTrec, seconds: float) -> dict:
+def summarize(strategy: ScenarioStrategy, seconds: float) -> dict:
     """Final-round metrics per scenario and task, and their mean."""
     last = max((r["round"] for r in strategy.rows), default=None)
     final = [r for r in strategy.rows if r["round"] == last]
@@ -102,7 +102,7 @@ def resume_state(run_dir: Path) -> ServerState:
     return ServerState.load(state_dir)
 
 
-def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None) -> tuple[PFMSMTrec, dict]:
+def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None) -> tuple[ScenarioStrategy, dict]:
     """Everything the ServerApp does, callable with any Grid (tests use an in-process one).
 
     With ``resume=<run folder>`` the run continues in that folder from the round

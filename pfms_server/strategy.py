@@ -1,9 +1,10 @@
-"""PF-MSMTrec as a Flower strategy (Message API).
+"""``ScenarioStrategy``: the one Flower strategy (Message API); it runs any aggregation rule.
 
 The strategy only orchestrates: it learns which scenario each node serves (a
 ``query`` message, so node ids may change across restarts), sends every node its
 own personalized tensors, checks the replies, and hands the valid ones to the
-pure ``aggregate_round``. All math lives in conflict/personalize/towers/fedavg.
+pure aggregation rule (PF-MSMTrec's ``aggregate_round`` or a baseline's, from
+``strategy.algorithm``). All math lives in ``pfms_server.aggregation``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from . import report
-from .round import hyperparams
-from .rules import Rule
-from .state import Arrays, ServerState
-from .validate import count_problems, upload_problems
+from .aggregation.pfmsmtrec import hyperparams
+from .aggregation.rules import Rule
+from .aggregation.state import Arrays, ServerState
+from .aggregation.validate import count_problems, upload_problems
 
 
 def to_record(arrays: Arrays) -> ArrayRecord:
@@ -41,7 +42,7 @@ def _real(value: object) -> float:
     return float("nan")
 
 
-class PFMSMTrec(Strategy):
+class ScenarioStrategy(Strategy):
     """Rounds over scenario nodes; the aggregation itself is ``rule`` (PF-MSMTrec or a baseline)."""
 
     # pylint: disable=too-many-arguments,too-many-instance-attributes

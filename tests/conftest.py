@@ -1,5 +1,10 @@
 """Shared fixtures: Flower's TaskIdentity for Messages built outside a runtime, and
-a small generated synthetic dataset reused by the in-process runs."""
+a small generated synthetic dataset reused by the in-process runs.
+
+Tests are grouped by the package part they check: client/ (client/data/), server/
+(server/aggregation/, server/deploy/, server/experiments/) and system/ (real
+processes, builds). This file stays at tests/, so ``from conftest import ...``
+works in every folder; test file names are unique across folders."""
 
 from __future__ import annotations
 
@@ -12,6 +17,11 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
 torch.set_num_threads(1)
+
+# Paths every test folder uses (tests/client/data/... and tests/system/... alike).
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+CONF_DATASET = REPO / "conf" / "dataset"
 
 
 @pytest.fixture
@@ -45,7 +55,7 @@ def run_inprocess(overrides: list[str], run_dir: Path, grid_factory=None, node_e
     """Run the ServerApp logic against the ClientApp in this process."""
     from pfms_client.client_app import app as client_app
     from pfms_client.config import load_config
-    from pfms_server.inprocess import InProcessGrid
+    from pfms_server.experiments.inprocess import InProcessGrid
     from pfms_server.server_app import run
 
     cfg = load_config(overrides)

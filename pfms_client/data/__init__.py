@@ -1,37 +1,41 @@
-"""Scenario data: schema, readers, validation, synthetic generator, tensors.
+"""Scenario data: schema, readers, validation, synthetic generators, MovieLens, tensors.
 
 ``load_scenario(cfg.dataset, "NL")`` is the one call a client makes: it
 generates synthetic data (``dataset.generator``) or converts fetched raw files
 (``dataset.source``, MovieLens) if needed, reads and validates the scenario's files
 (raising DataValidationError before any training) and returns tensors.
-torch and pandas are imported on first use, so ``pfms-generate`` starts fast.
+
+The reading side is ``schema``, ``settings`` (the ``dataset`` node), ``errors``,
+``readers``, ``encoding`` and ``tensors``; each source that makes data has its own
+folder (``synthetic/``, ``movielens/``), and ``files`` publishes what they make
+atomically. Names below are imported on first use (torch and pandas too), so
+``pfms-generate`` starts fast.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataValidationError
-from .schema import DatasetSchema
-from .settings import DatasetSettings
-
 if TYPE_CHECKING:
-    from .tensors import ScenarioData, TensorSplit
+    from .tensors import ScenarioData
 
-__all__ = [
-    "DataValidationError",
-    "DatasetSchema",
-    "DatasetSettings",
-    "ScenarioData",
-    "TensorSplit",
-    "load_scenario",
-]
+_EXPORTS = {
+    "DataValidationError": "errors",
+    "DatasetSchema": "schema",
+    "DatasetSettings": "settings",
+    "ScenarioData": "tensors",
+    "TensorSplit": "tensors",
+}
+
+__all__ = [*_EXPORTS, "ensure_generated", "load_scenario"]
 
 
 def load_scenario(cfg_dataset: Any, scenario: str) -> ScenarioData:
     """Generate (synthetic) or convert (raw source) -> read -> validate -> tensorise one scenario."""
-    from .generator import ensure_generated
     from .readers import read_scenario
+    from .settings import DatasetSettings
     from .tensors import build_scenario_data
 
     settings = DatasetSettings.from_config(cfg_dataset)
@@ -39,16 +43,48 @@ def load_scenario(cfg_dataset: Any, scenario: str) -> ScenarioData:
     if settings.generator is not None:
         ensure_generated(settings, [scenario])
     if settings.source is not None:
-        from .movielens import ensure_converted
+        from .movielens.convert import ensure_converted
 
         ensure_converted(settings, [scenario])
     train_df, test_df = read_scenario(settings, scenario)
     return build_scenario_data(scenario, train_df, test_df, settings)
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("ScenarioData", "TensorSplit"):
-        from . import tensors
+def ensure_generated(cfg_dataset: Any, scenarios: Sequence[str] | None = None) -> None:
+    """Generate the configured scenarios whose files are missing; check existing ones.
 
-        return getattr(tensors, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    No-op for a dataset without a ``generator`` node. The layout picks the
+    generator: ``synthetic.aliexpress`` (a folder per scenario) or
+    ``synthetic.tenrec`` (one file per scenario). An existing scenario made with
+    other generator parameters is an error rather than silently reused.
+    """
+    from .settings import DatasetSettings
+
+    settings = (
+        cfg_dataset
+        if isinstance(cfg_dataset, DatasetSettings)
+        else DatasetSettings.from_config(cfg_dataset)
+    )
+    if settings.generator is None:
+        return
+    wanted = list(scenarios) if scenarios is not None else list(settings.scenarios)
+    if settings.layout == "tenrec":
+        from .synthetic.tenrec import ensure_tenrec_generated
+
+        ensure_tenrec_generated(settings, wanted)
+    else:
+        from .synthetic.aliexpress import ensure_aliexpress_generated
+
+        ensure_aliexpress_generated(settings, wanted)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

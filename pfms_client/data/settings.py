@@ -14,8 +14,7 @@ from typing import Any
 
 from .config_utils import check_keys, to_plain
 from .schema import DatasetSchema
-from .synthetic import GeneratorParams
-from .synthetic_tenrec import TenrecGeneratorParams
+from .synthetic.params import GeneratorParams, TenrecGeneratorParams
 
 LAYOUTS = ("aliexpress", "tenrec")
 NUMERIC_TRANSFORMS = ("none", "standardize")
@@ -43,7 +42,7 @@ _GENERATOR_KNOBS = {
     "aliexpress": GeneratorParams.knob_names(),
     "tenrec": TenrecGeneratorParams.knob_names(),
 }
-# Raw-file sources by `source.kind`: their keys, all required (values: see movielens.py).
+# Raw-file sources by `source.kind`: their keys, all required (values: see movielens/convert.py).
 _SOURCE_KEYS = {
     "movielens-100k": ("kind", "raw_dir", "grouping", "groups", "like_min_rating", "love_min_rating"),
 }

@@ -1,0 +1,136 @@
+"""``pfms-run``: ``flwr run .`` on one machine, in this environment, leaving nothing behind.
+
+Flower's managed local SuperLink re-installs the app's dependencies with uv by
+default (a second torch download) and outlives the command as a detached
+process. This launcher instead starts its own ``flower-superlink --simulation
+--disable-runtime-dependency-installation`` on a free loopback port with a
+private FLWR_HOME, submits the app with ``flwr run <app> pfms-local --stream``,
+and stops every process it started when the run ends (or fails, or on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pfms_client.procs import bin_dir, flower_env, free_port, stop_tree
+
+CONNECTION = "pfms-local"
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, log_file: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}; see {log_file}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"flower-superlink did not open port {port} within {timeout:.0f}s; see {log_file}")
+
+
+def write_flwr_config(flwr_home: Path, port: int) -> None:
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+
+
+def run_status(bindir: Path, env: dict[str, str]) -> int:
+    """`flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink."""
+    out = subprocess.run([str(bindir / "flwr"), "ls", CONNECTION, "--format", "json"], env=env,
+                         capture_output=True, text=True, check=False)
+    try:
+        runs = json.loads(out.stdout).get("runs", [])
+        status = str(max(runs, key=lambda r: int(r.get("run-id", 0))).get("status", ""))
+    except (ValueError, AttributeError, TypeError):
+        print(f"pfms-run: could not read the run status: {out.stdout[-500:]} {out.stderr[-500:]}", file=sys.stderr)
+        return 1
+    print(f"pfms-run: run status {status}", flush=True)
+    return 0 if "completed" in status else 1
+
+
+def num_scenarios(overrides: str) -> int:
+    """Every value of the run checked (a ConfigError naming the key); the number of scenarios."""
+    from ..config_check import load_run_config
+
+    return len(load_run_config(overrides).dataset.scenarios)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pfms-run",
+        description="Run PF-MSMTrec with `flwr run` on this machine (own SuperLink, no dependency re-install).",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. num_rounds=5 model=paper")
+    parser.add_argument("--app", default=".", help="Flower app folder (default: .)")
+    parser.add_argument("--port", type=int, default=0, help="SuperLink HTTP port (default: a free one)")
+    parser.add_argument("--flwr-home", default=None, help="FLWR_HOME for this run (default: a temp folder)")
+    parser.add_argument("--keep-flwr-home", action="store_true", help="keep FLWR_HOME (logs) after the run")
+    parser.add_argument("--startup-timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+
+    overrides = " ".join(args.overrides)
+    try:  # before any process starts: a bad value stops here, naming its key
+        k = num_scenarios(overrides)
+    except ValueError as exc:  # ConfigError
+        print(f"pfms-run: {exc}", file=sys.stderr)
+        return 2
+    app = Path(args.app).resolve()
+    if not (app / "pyproject.toml").is_file():
+        print(f"pfms-run: {app} is not a Flower app (no pyproject.toml)", file=sys.stderr)
+        return 2
+    bindir = bin_dir()
+    flwr_home = Path(args.flwr_home or tempfile.mkdtemp(prefix="pfms-flwr-")).resolve()
+    port = args.port or free_port()
+    write_flwr_config(flwr_home, port)
+    # The SuperLink starts flower-superexec, flwr-serverapp, flwr-simulation by name:
+    # flower_env puts this environment's bin first so an un-activated venv works too.
+    env = flower_env({"FLWR_HOME": str(flwr_home)})
+    log_file = flwr_home / "superlink.log"
+    superlink_cmd = [
+        str(bindir / "flower-superlink"), "--insecure", "--simulation",
+        "--disable-runtime-dependency-installation",
+        "--host", "127.0.0.1", "--port", str(port), "--log-file", str(log_file),
+    ]
+    run_cmd = [
+        str(bindir / "flwr"), "run", str(app), CONNECTION, "--stream",
+        "--federation-config", f"num-supernodes={k}",
+    ]
+    if overrides:
+        run_cmd += ["--run-config", f"overrides={overrides!r}"]
+    superlink = subprocess.Popen(superlink_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    print(f"pfms-run: SuperLink pid {superlink.pid} on 127.0.0.1:{port} (FLWR_HOME={flwr_home})", flush=True)
+    code = 1
+    try:
+        wait_for_port(port, superlink, args.startup_timeout, log_file)
+        code = subprocess.call(run_cmd, env=env)
+        if code == 0:
+            code = run_status(bindir, env)
+    except KeyboardInterrupt:
+        code = 130
+    except RuntimeError as exc:
+        print(f"pfms-run: {exc}", file=sys.stderr)
+        if log_file.is_file():
+            print("".join(log_file.read_text(errors="replace").splitlines(True)[-20:]), file=sys.stderr)
+    finally:
+        stop_tree(superlink)
+        if code == 0 and not args.keep_flwr_home and not args.flwr_home:
+            shutil.rmtree(flwr_home, ignore_errors=True)
+        elif code != 0:
+            print(f"pfms-run: logs kept in {flwr_home}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""A server restart: the run resumed from its checkpoint ends exactly where an uninterrupted one does,
+wherever in a round the server died."""
+
+import pytest
+
+from conftest import inprocess_overrides, run_inprocess
+from pfms_server.experiments.inprocess import InProcessGrid
+
+SMALL = ["dataset.generator.rows_train=4000", "dataset.generator.rows_test=2000"]
+
+
+class CrashingGrid(InProcessGrid):
+    """The server process dies at a chosen point of round 3 (train) or round 2 (evaluate)."""
+
+    when = ""
+    sent = {"train": 0, "evaluate": 0}
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        kind = messages[0].metadata.message_type if messages else ""
+        if kind in self.sent:
+            self.sent[kind] += 1
+        if self.when == "before-train-3" and kind == "train" and self.sent["train"] == 3:
+            raise RuntimeError("server killed")
+        replies = super().send_and_receive(messages, timeout=timeout)
+        # The clients trained round 3 and saved their state; the replies never arrive.
+        if self.when == "after-train-3" and kind == "train" and self.sent["train"] == 3:
+            raise RuntimeError("server killed")
+        # Round 2 is aggregated and checkpointed; its evaluation replies are lost.
+        if self.when == "during-eval-2" and kind == "evaluate" and self.sent["evaluate"] == 2:
+            raise RuntimeError("server killed")
+        return replies
+
+
+def _rows(strategy):
+    return {(r["round"], r["scenario"], r["task"], r["split"]): (r["auc"], r["logloss"]) for r in strategy.rows}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pfms_home, tmp_path_factory):
+    base = inprocess_overrides(pfms_home, "num_rounds=4", "eval.splits=[test]", *SMALL)
+    root = tmp_path_factory.mktemp("full")
+    _, full, summary = run_inprocess(base, root / "full", node_extra={"state-dir": str(root / "client-state")})
+    return base, full, summary
+
+
+@pytest.mark.parametrize("when", ["before-train-3", "after-train-3", "during-eval-2"])
+def test_resumed_run_matches_uninterrupted_run(uninterrupted, tmp_path, when):
+    base, full, full_summary = uninterrupted
+    nodes = {"state-dir": str(tmp_path / "client-state")}  # clients keep local state on disk
+    CrashingGrid.when, CrashingGrid.sent = when, {"train": 0, "evaluate": 0}
+    with pytest.raises(RuntimeError, match="server killed"):
+        run_inprocess(base, tmp_path / "crashed", CrashingGrid, node_extra=nodes)
+    # A new server process and new SuperNode contexts: only the files on disk survive.
+    _, resumed, summary = run_inprocess([*base, f"resume={tmp_path / 'crashed'}"], tmp_path / "unused",
+                                        node_extra=nodes)
+    assert resumed.round_offset == 2 and resumed.state.round == 4
+    assert _rows(resumed) == _rows(full)  # every round, metric for metric
+    assert summary["test_mean_auc"] == full_summary["test_mean_auc"]
+    for name in full.state.scenarios:
+        assert resumed.state.scenarios[name].alpha.to_dict() == full.state.scenarios[name].alpha.to_dict()
+
+
+def test_resume_without_checkpoint_is_a_clear_error(pfms_home, tmp_path):
+    with pytest.raises(ValueError, match="no server checkpoint"):
+        run_inprocess(inprocess_overrides(pfms_home, f"resume={tmp_path / 'nothing'}"), tmp_path / "x")

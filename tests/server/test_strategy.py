@@ -1,0 +1,139 @@
+"""The Strategy's orchestration: bad replies are dropped, scenarios survive node restarts."""
+
+import logging
+
+import numpy as np
+from flwr.app import Array
+
+from conftest import inprocess_overrides, run_inprocess
+from pfms_client.client_app import Session
+from pfms_server.experiments.inprocess import InProcessGrid
+from pfms_server.strategy import ScenarioStrategy
+
+
+class TamperingGrid(InProcessGrid):
+    """Corrupts ES's train reply in round 2 (NaN in one tensor)."""
+
+    round = 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        if messages and messages[0].metadata.message_type == "train":
+            TamperingGrid.round += 1
+            if TamperingGrid.round == 2:
+                for r in replies:
+                    if r.content["meta"]["scenario"] == "ES":
+                        arrays = r.content["arrays"]
+                        name = sorted(arrays)[0]
+                        bad = arrays[name].numpy().copy()
+                        bad.flat[0] = np.nan
+                        arrays[name] = Array(bad)
+                        self.bad_tensor = name
+        return replies
+
+
+def test_nan_reply_is_dropped_and_state_is_unchanged(pfms_home, tmp_path, caplog):
+    TamperingGrid.round = 0
+    snapshots = {}
+
+    class Snap(TamperingGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            if messages and messages[0].metadata.message_type == "train":
+                snapshots[TamperingGrid.round + 1] = {
+                    m.metadata.dst_node_id: {k: v.numpy().copy() for k, v in m.content["arrays"].items()}
+                    for m in messages}
+            return super().send_and_receive(messages, timeout=timeout)
+
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        grid, strategy, _ = run_inprocess(
+            inprocess_overrides(pfms_home, "num_rounds=3", "eval.splits=[val]"), tmp_path / "r", Snap)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("dropping reply" in m and "(ES)" in m and grid.bad_tensor in m and "NaN" in m for m in msgs), msgs
+    es_node = next(n for n, s in strategy.node_scenario.items() if s == "ES")
+    # What ES was sent in round 3 equals what it was sent in round 2, except the shared G copy.
+    r2, r3 = snapshots[2][es_node], snapshots[3][es_node]
+    for name in r2:
+        if not name.startswith("experts.global"):
+            np.testing.assert_array_equal(r2[name], r3[name], err_msg=name)
+    nl_node = next(n for n, s in strategy.node_scenario.items() if s == "NL")
+    assert any(not np.array_equal(snapshots[2][nl_node][n], snapshots[3][nl_node][n]) for n in r2)
+
+
+class RestartGrid(InProcessGrid):
+    """After round 1, the FR node goes away and comes back under a new node id."""
+
+    calls = 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        if messages and messages[0].metadata.message_type == "evaluate":
+            RestartGrid.calls += 1
+            if RestartGrid.calls == 1:
+                old = next(n for n, c in self.contexts.items() if c.node_config["partition-id"] == 2)
+                ctx = self.contexts.pop(old)
+                self.add_node(5555, dict(ctx.node_config))
+                self.contexts[5555].state = ctx.state  # the SuperNode kept its state (e.g. state-dir)
+        return replies
+
+
+def test_node_restart_keeps_scenario_state(pfms_home, tmp_path, monkeypatch):
+    RestartGrid.calls = 0
+    after = {}  # round -> every scenario's tensors as the server holds them after aggregating it
+    aggregate_train = ScenarioStrategy.aggregate_train
+
+    def spy(self, server_round, replies):
+        out = aggregate_train(self, server_round, replies)
+        after[self.state.round] = {s: {k: v.copy() for k, v in self.state.arrays_for(s).items()}
+                                   for s in self.scenarios}
+        return out
+
+    monkeypatch.setattr(ScenarioStrategy, "aggregate_train", spy)
+    train_sent = []  # per round: node -> the tensors it was sent
+
+    class Recording(RestartGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            if messages and messages[0].metadata.message_type == "train":
+                train_sent.append({m.metadata.dst_node_id: {k: v.numpy() for k, v in m.content["arrays"].items()}
+                                   for m in messages})
+            return super().send_and_receive(messages, timeout=timeout)
+
+    grid, strategy, summary = run_inprocess(
+        inprocess_overrides(pfms_home, "num_rounds=2", "eval.splits=[val]"), tmp_path / "r", Recording)
+    assert strategy.node_scenario.get(5555) == "FR"
+    assert sorted(strategy.node_scenario.values()) == ["ES", "FR", "NL", "US"]
+    assert {r["scenario"] for r in summary["final"]} == {"ES", "FR", "NL", "US"}
+    assert strategy.state.round == 2
+
+    # (a) The node back under its new id is sent FR's personalized tensors of round 1.
+    assert 5555 not in train_sent[0] and 5555 in train_sent[1]
+    got, want = train_sent[1][5555], after[1]["FR"]
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    nl = next(n for n, s in strategy.node_scenario.items() if s == "NL")
+    scenario_experts = [n for n in want if n.startswith("experts.scenario")]
+    assert any(not np.array_equal(want[n], train_sent[1][nl][n]) for n in scenario_experts)  # FR's, not NL's
+    old_fr = next(n for n in train_sent[0] if n not in train_sent[1])
+    assert any(not np.array_equal(want[n], train_sent[0][old_fr][n]) for n in scenario_experts)  # moved in round 1
+
+    # (b) Its local state (task experts, embeddings, BN) went on from round 1: two rounds trained.
+    for node in (5555, nl):
+        session = Session(grid.contexts[node])
+        session.restore()
+        assert (session.scenario, session.local.rounds_trained) == (strategy.node_scenario[node], 2)
+
+
+def test_partial_participation_trains_a_sample_and_evaluates_everybody(pfms_home, tmp_path):
+    _, strategy, summary = run_inprocess(
+        inprocess_overrides(pfms_home, "num_rounds=2", "eval.splits=[val]",
+                            "strategy.participation.fraction_train=0.5", "strategy.participation.min_train_nodes=2"),
+        tmp_path / "r")
+    per_round = {}
+    for r in strategy.train_log:
+        per_round.setdefault(r["round"], set()).add(r["scenario"])
+    assert [len(per_round[k]) for k in (1, 2)] == [2, 2]
+    assert {r["scenario"] for r in summary["final"]} == {"NL", "ES", "FR", "US"}

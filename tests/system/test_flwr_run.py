@@ -1,0 +1,64 @@
+"""One real `flwr run` through pfms-run: own SuperLink, Ray simulation, nothing left running."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                env = (entry / "environ").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd or text in env:
+                found.append(f"{entry.name}: {cmd[:120]}")
+    return found
+
+
+@pytest.mark.slow
+def test_flwr_run_completes_and_writes_the_run_folder(tmp_path):
+    home = tmp_path / "home"
+    flwr_home = tmp_path / "flwr"
+    # As a new user runs it: the venv is not activated, its bin is not on PATH.
+    venv_bin = Path(sys.executable).parent.resolve()
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p).resolve() != venv_bin)
+    env = {**os.environ, "PFMS_HOME": str(home), "PATH": path}
+    cmd = [sys.executable, "-m", "pfms_server.deploy.local_run", "--app", str(REPO), "--flwr-home", str(flwr_home),
+           "num_rounds=2", "run_name=flwr-run-test", "dataset.generator.rows_train=3000",
+           "dataset.generator.rows_test=1000", "eval.splits=[test]"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "run status finished:completed" in out
+    assert "PF-MSMTrec summary: 2 rounds" in out  # the streamed ServerApp log
+
+    run_dir = home / "runs" / "flwr-run-test"
+    with (run_dir / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 4 * 2  # rounds x scenarios x tasks (test split)
+    assert {r["scenario"] for r in rows} == {"NL", "ES", "FR", "US"}
+    assert all(0.0 <= float(r["auc"]) <= 1.0 for r in rows)
+    assert (run_dir / "auc.png").is_file()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ES.pt", "FR.pt", "NL.pt", "US.pt"]
+    assert json.loads((run_dir / "server_state" / "state.json").read_text())["round"] == 2
+    # Flower installed nothing at run time, and every process we started is gone.
+    assert "uv sync" not in out
+    assert _processes_mentioning(str(flwr_home)) == []
+
+
+def test_pfms_run_rejects_unknown_config_keys(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pfms_server.deploy.local_run", "--app", str(REPO), "no_such_key=1"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PFMS_HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "no_such_key" in proc.stderr
