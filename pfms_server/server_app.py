@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,22 @@ from pfms_client.config import ConfigError
 
 from . import report
 from .config_check import load_run_config
+from .data_check import check_scenarios
 from .aggregation.pfmsmtrec import hyperparams
 from .aggregation.rules import make_rule
 from .aggregation.state import ServerState
 from .strategy import ScenarioStrategy
 
 app = ServerApp()
+
+COMPLETED, FAILED = "completed", "failed"  # summary.json "status"
+
+
+class RunFailed(RuntimeError):
+    """The run could not do its job (bad data, no round aggregated, a scenario never trained).
+
+    Raised by the ServerApp's main after the summary is written, so Flower marks the
+    run ``finished:failed`` and its status details carry this one-line message."""
 
 
 def build_strategy(cfg: DictConfig, run_dir: Path | None, state: ServerState | None = None) -> ScenarioStrategy:
@@ -72,6 +82,29 @@ def summarize(strategy: ScenarioStrategy, seconds: float) -> dict:
     return out
 
 
+def failure(strategy: ScenarioStrategy) -> str | None:
+    """Why the run failed in one line, or None: no round aggregated, or some scenario never trained.
+
+    Counts every round of the run folder (``train_log`` holds one entry per scenario
+    per aggregated round, a resumed run's earlier rounds included)."""
+    aggregated = sorted({int(r["round"]) for r in strategy.train_log})
+    trained = {str(r["scenario"]) for r in strategy.train_log}
+    never = [s for s in strategy.scenarios if s not in trained]
+    last_why = next((r["why"] for r in reversed(strategy.round_results) if "why" in r), None)
+    problems: dict[str, str] = {}
+    for r in strategy.round_results:
+        problems.update({k: v for k, v in r["problems"].items() if k in never})
+    seen = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
+    if not aggregated:
+        rounds = strategy.round_results[-1]["round"] if strategy.round_results else 0
+        return (f"no round aggregated in {rounds} round(s)" + (f" (last: {last_why})" if last_why else "")
+                + (f"; {seen}" if seen else ""))
+    if never:
+        return (f"scenario(s) {', '.join(never)} never trained (rounds aggregated: {len(aggregated)})"
+                + (f"; {seen}" if seen else ""))
+    return None
+
+
 def log_summary(summary: dict, run_dir: Path | None) -> None:
     log(INFO, "")
     title = "PF-MSMTrec" if summary.get("name", "pfmsmtrec") == "pfmsmtrec" else summary["name"]
@@ -90,8 +123,13 @@ def log_summary(summary: dict, run_dir: Path | None) -> None:
         beta = "-" if hp["beta_mean"] is None else f"{hp['beta_mean']:.4f}"
         alpha = "-" if hp["alpha"] is None else np.round(hp["alpha"], 4).tolist()
         log(INFO, "  %-10s alpha=%s beta_mean=%s", scenario, alpha, beta)
+    skipped = [r for r in summary.get("rounds_log", []) if not r["aggregated"]]
+    if skipped:
+        log(WARNING, "  rounds NOT aggregated: %s", ", ".join(f"{r['round']} ({r.get('why', '')})" for r in skipped))
     if run_dir is not None:
         log(INFO, "  run folder: %s", run_dir)
+    if summary.get("status") == FAILED:
+        log(ERROR, "  RUN FAILED: %s", summary["failure"])
 
 
 def resume_state(run_dir: Path) -> ServerState:
@@ -102,11 +140,25 @@ def resume_state(run_dir: Path) -> ServerState:
     return ServerState.load(state_dir)
 
 
-def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None) -> tuple[ScenarioStrategy, dict]:
+def write_failed_summary(run_dir: Path, cfg: DictConfig, why: str) -> dict:
+    """summary.json of a run that stopped before round 1."""
+    summary = {"name": str(cfg.strategy.name), "rounds": int(cfg.num_rounds), "status": FAILED, "failure": why,
+               "final_round": None, "final": [], "rounds_log": []}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None, *,
+        check_data: bool = True) -> tuple[ScenarioStrategy, dict]:
     """Everything the ServerApp does, callable with any Grid (tests use an in-process one).
 
     With ``resume=<run folder>`` the run continues in that folder from the round
     after its last checkpoint, with the saved alpha, beta and personalized tensors.
+    ``check_data``: every scenario's data are validated before round 1 (a simulation,
+    where they are on this machine); the first bad file raises its DataValidationError
+    after summary.json says the run failed. The returned summary's ``status`` is
+    ``failed`` (and ``failure`` says why) when no round aggregated or a scenario never
+    trained; the caller decides the exit code (the ServerApp raises RunFailed).
     """
     state = None
     if cfg.resume:
@@ -117,6 +169,15 @@ def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None) -> tuple[Scena
     else:
         run_dir = run_dir or report.make_run_dir(cfg)
         OmegaConf.save(cfg, run_dir / "config.yaml")
+    if check_data:
+        from pfms_client.data import DataValidationError
+
+        try:
+            check_scenarios(cfg)
+        except DataValidationError as exc:
+            write_failed_summary(run_dir, cfg, str(exc))
+            log(ERROR, "pfms: %s", exc)
+            raise
     strategy = build_strategy(cfg, run_dir, state)
     if state is not None and (run_dir / "metrics.csv").is_file():
         strategy.rows = report.read_csv(run_dir / "metrics.csv", up_to_round=state.round)
@@ -131,7 +192,12 @@ def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None) -> tuple[Scena
     remaining = int(cfg.num_rounds) - strategy.round_offset
     if remaining > 0:
         strategy.start(grid, ArrayRecord(), num_rounds=remaining, timeout=float(cfg.server.round_timeout))
-    summary = {"name": str(cfg.strategy.name), **summarize(strategy, time.perf_counter() - t0)}
+    why = failure(strategy)
+    summary = {"name": str(cfg.strategy.name), "status": FAILED if why else COMPLETED,
+               **({"failure": why} if why else {}), **summarize(strategy, time.perf_counter() - t0),
+               # Every aggregated round of the run folder; this process's train phases, aggregated or not.
+               "aggregated_rounds": sorted({int(r["round"]) for r in strategy.train_log}),
+               "rounds_log": strategy.round_results}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (run_dir / "train_log.json").write_text(json.dumps(strategy.train_log, indent=1, default=str))
     if cfg.server.plot and (run_dir / "metrics.csv").exists():
@@ -148,4 +214,13 @@ def main(grid: Grid, context: Context) -> None:
     except ConfigError as exc:
         log(ERROR, "pfms: %s", exc)  # the one line to read in Flower's log; the traceback follows
         raise
-    run(grid, cfg)
+    _, summary = run(grid, cfg, check_data=is_simulation(grid))
+    if summary["status"] == FAILED:
+        raise RunFailed(f"pfms: run failed: {summary['failure']}")
+
+
+def is_simulation(grid: Grid) -> bool:
+    """A simulation's nodes read their data on this machine: Flower's in-memory Grid."""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    return isinstance(grid, InMemoryGrid)

@@ -27,6 +27,9 @@ from .aggregation.state import Arrays, ServerState
 from .aggregation.validate import count_problems, upload_problems
 
 
+MAX_REASON_CHARS = 300  # a client's error reason is cut to this in round results
+
+
 def to_record(arrays: Arrays) -> ArrayRecord:
     return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in arrays.items()})
 
@@ -84,6 +87,8 @@ class ScenarioStrategy(Strategy):
         self.sent: dict[int, tuple[str, Arrays]] = {}
         self.rows: list[dict] = []
         self.train_log: list[dict] = []
+        # One entry per train phase of this process: aggregated or not, and why (summary.json "rounds").
+        self.round_results: list[dict] = []
 
     # -- helpers -------------------------------------------------------------------
     def summary(self) -> None:
@@ -180,8 +185,12 @@ class ScenarioStrategy(Strategy):
         metrics: dict[str, dict] = {}
         sizes: dict[str, int] = {}  # bytes of tensor data each client uploaded
         dropped: list[str] = []
+        why: dict[str, str] = {}  # scenario (or "node <id>") -> why its reply was not used
+        received = 0
         for msg in replies:
+            received += 1
             if (scenario := self._reply_scenario(msg, server_round, "training")) is None:
+                why[self._reply_label(msg)] = self._reply_problem(msg)
                 continue
             node = msg.metadata.src_node_id
             problems, arrays, count = self._check_reply(msg, self.sent[node][1])
@@ -189,6 +198,7 @@ class ScenarioStrategy(Strategy):
                 log(WARNING, "round %d: dropping reply of node %d (%s): %s",
                     server_round, node, scenario, "; ".join(problems[:5]))
                 dropped.append(scenario)
+                why[scenario] = "invalid reply: " + "; ".join(problems[:3])
                 continue
             uploads[scenario] = arrays
             sizes[scenario] = int(sum(a.nbytes for a in arrays.values()))
@@ -198,9 +208,21 @@ class ScenarioStrategy(Strategy):
         silent = sorted({sc for sc, _ in self.sent.values()} - set(uploads) - set(dropped))
         if silent:
             log(WARNING, "round %d: no usable reply from %s", server_round, ", ".join(silent))
-        if len(uploads) < self.min_train_nodes:
-            log(WARNING, "round %d: %d valid replies < min_train_nodes=%d; state unchanged",
-                server_round, len(uploads), self.min_train_nodes)
+        for scenario in silent:
+            why.setdefault(scenario, "no reply")
+        result = {"round": server_round, "aggregated": len(uploads) >= self.min_train_nodes,
+                  "sent": len(self.sent), "replies_received": received, "replies_valid": len(uploads),
+                  "min_train_nodes": self.min_train_nodes, "trained": sorted(uploads), "problems": why}
+        if self.state.init is None:
+            result["why"] = "no node returned initial tensors (every query failed); nothing was sent"
+        elif not result["aggregated"]:
+            result["why"] = (f"{len(uploads)} valid of {received} replies ({len(self.sent)} sent) "
+                             f"< min_train_nodes={self.min_train_nodes}")
+        self.round_results.append(result)
+        if not result["aggregated"]:
+            detail = "; ".join(f"{k}: {v}" for k, v in sorted(why.items()))
+            log(WARNING, "round %d NOT aggregated: %s%s; state unchanged", server_round,
+                result.get("why", ""), f" ({detail})" if detail else "")
             self.state.round = server_round
             return None, None
         self.state = self.rule.aggregate(self.state, uploads, counts)
@@ -244,6 +266,18 @@ class ScenarioStrategy(Strategy):
                 server_round, phase, node, claimed, scenario)
             return None
         return scenario
+
+    def _reply_label(self, msg: Message) -> str:
+        node = msg.metadata.src_node_id
+        return self.sent[node][0] if node in self.sent else f"node {node}"
+
+    @staticmethod
+    def _reply_problem(msg: Message) -> str:
+        """Why a reply that _reply_scenario refused is unusable, in one line (an error's last line)."""
+        if not msg.has_error():
+            return "reply from a node that was not sent work, or for another scenario"
+        lines = [ln.strip() for ln in str(msg.error.reason).splitlines() if ln.strip()]
+        return ("failed: " + (lines[-1] if lines else "(no reason given)"))[:MAX_REASON_CHARS]
 
     @staticmethod
     def _check_reply(msg: Message, expected: Arrays) -> tuple[list[str], Arrays, int]:
