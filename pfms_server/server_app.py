@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
@@ -219,8 +220,13 @@ def main(grid: Grid, context: Context) -> None:
         raise RunFailed(f"pfms: run failed: {summary['failure']}")
 
 
-def is_simulation(grid: Grid) -> bool:
-    """A simulation's nodes read their data on this machine: Flower's in-memory Grid."""
-    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+SIMULATION_GRID = ("flwr.superlink.grid.inmemory_grid", "InMemoryGrid")  # the Grid flwr-simulation gives
 
-    return isinstance(grid, InMemoryGrid)
+
+def is_simulation(grid: Grid) -> bool:
+    """A simulation's nodes read their data on this machine: Flower's in-memory Grid.
+
+    Looked up among the loaded modules (an InMemoryGrid's module is loaded; importing
+    it takes seconds, which a deployed server need not spend)."""
+    module = sys.modules.get(SIMULATION_GRID[0])
+    return module is not None and isinstance(grid, getattr(module, SIMULATION_GRID[1]))

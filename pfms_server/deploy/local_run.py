@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pfms_client.procs import bin_dir, flower_env, free_port, stop_tree
 
@@ -46,24 +47,40 @@ def write_flwr_config(flwr_home: Path, port: int) -> None:
 
 
 def run_status(bindir: Path, env: dict[str, str]) -> int:
-    """`flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink."""
+    """`flwr run --stream` exits 0 even when the ServerApp failed: ask the SuperLink.
+
+    Exit code 0 only for ``finished:completed``; otherwise 1, with the run's status
+    details (the ServerApp's one-line reason, e.g. "no round aggregated") on stderr."""
     out = subprocess.run([str(bindir / "flwr"), "ls", CONNECTION, "--format", "json"], env=env,
                          capture_output=True, text=True, check=False)
     try:
         runs = json.loads(out.stdout).get("runs", [])
-        status = str(max(runs, key=lambda r: int(r.get("run-id", 0))).get("status", ""))
+        last = max(runs, key=lambda r: int(r.get("run-id", 0)))
+        status, details = str(last.get("status", "")), str(last.get("status-details") or "")
     except (ValueError, AttributeError, TypeError):
         print(f"pfms-run: could not read the run status: {out.stdout[-500:]} {out.stderr[-500:]}", file=sys.stderr)
         return 1
     print(f"pfms-run: run status {status}", flush=True)
-    return 0 if "completed" in status else 1
+    if status.endswith(":completed"):
+        return 0
+    print(f"pfms-run: the run did not complete ({status}): {one_line(details) or 'no details'}", file=sys.stderr)
+    return 1
 
 
-def num_scenarios(overrides: str) -> int:
-    """Every value of the run checked (a ConfigError naming the key); the number of scenarios."""
+def one_line(text: str) -> str:
+    """The reason in Flower's status details, without the wrapper Flower adds."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[-1] if lines else ""
+    for prefix in ("ServerApp failed with exception: ", "Simulation failed with exception: "):
+        line = line.removeprefix(prefix)
+    return line
+
+
+def checked_config(overrides: str) -> Any:
+    """Every value of the run checked (a ConfigError naming the key)."""
     from ..config_check import load_run_config
 
-    return len(load_run_config(overrides).dataset.scenarios)
+    return load_run_config(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +98,20 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = " ".join(args.overrides)
     try:  # before any process starts: a bad value stops here, naming its key
-        k = num_scenarios(overrides)
+        cfg = checked_config(overrides)
     except ValueError as exc:  # ConfigError
+        print(f"pfms-run: {exc}", file=sys.stderr)
+        return 2
+    k = len(cfg.dataset.scenarios)
+    # A simulation: every scenario's data are on this machine, so a bad file stops the
+    # run here (file, line, column), before a process starts or a round trains.
+    from pfms_client.data import DataValidationError
+
+    from ..data_check import check_scenarios
+
+    try:
+        check_scenarios(cfg)
+    except DataValidationError as exc:
         print(f"pfms-run: {exc}", file=sys.stderr)
         return 2
     app = Path(args.app).resolve()

@@ -4,12 +4,17 @@ An arms file (conf/compare/<name>.yaml) names each arm with the Hydra overrides 
 make it from the base config. Every (arm, seed) is one run of the real ServerApp and
 ClientApp code through InProcessGrid, one after the other, each in
 ``<out>/runs/<arm>-seed<seed>``. Every arm's config is composed before the first run,
-so a typo fails in seconds, not an hour in. A run folder with a summary.json is
-finished and skipped, so an interrupted comparison continues where it stopped.
+so a typo fails in seconds, not an hour in. A run folder whose summary.json says it
+completed is skipped, so an interrupted comparison continues where it stopped.
+
+A run that fails (its data fail validation, no round aggregated, a scenario never
+trained) is marked failed in its summary.json, reports no AUC, and the others go
+on; the report lists it (FAILED and why), the command exits 1, and running it again
+redoes only the failed runs.
 
 Writes to ``<out>``: results.csv / results.md (test AUC and LogLoss per scenario x task,
 mean ± std over seeds; each arm's difference from the first arm, paired by seed), paired.csv,
-upload_bytes.csv, timing.csv, auc_by_round.png.
+upload_bytes.csv, timing.csv, failed.csv (arm, seed, why), auc_by_round.png.
 """
 
 from __future__ import annotations
@@ -69,7 +74,23 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / "summary.json").is_file()
+        """A completed run folder (skipped when the comparison runs again); a failed one is redone."""
+        summary = self.summary()
+        return summary is not None and failure_of(summary) is None
+
+    def summary(self) -> dict | None:
+        path = self.run_dir / "summary.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except ValueError:  # a summary cut short: the run is redone
+            return None
+
+
+def failure_of(summary: dict) -> str | None:
+    """Why a run failed (its summary's status is ``failed``), or None for a completed run."""
+    if summary.get("status") == "failed":
+        return str(summary.get("failure") or "failed (no reason recorded)")
+    return None
 
 
 # --- the arms file ---------------------------------------------------------------------
@@ -216,8 +237,11 @@ def flower_log(path: Path, quiet: bool) -> Iterator[None]:
 
 
 def prepare_data(runs: Sequence[Run]) -> None:
-    """Generate (or convert) each dataset once before any run, so no run's wall time includes it."""
-    from pfms_client.data import load_scenario
+    """Generate (or convert) each dataset once before any run, so no run's wall time includes it.
+
+    A scenario that fails validation is reported here in one line and left to the runs
+    that use it: each of them fails before round 1, and the others go on."""
+    from pfms_client.data import DataValidationError, load_scenario
 
     seen = set()
     for run in runs:
@@ -231,17 +255,26 @@ def prepare_data(runs: Sequence[Run]) -> None:
             continue
         seen.add(key)
         t0 = time.perf_counter()
-        for scenario in ds.scenarios:
-            load_scenario(ds, str(scenario))
+        try:
+            for scenario in ds.scenarios:
+                load_scenario(ds, str(scenario))
+        except DataValidationError as exc:
+            print(f"data NOT ready: {ds.name}: {exc}", flush=True)
+            continue
         print(f"data ready: {ds.name} ({len(ds.scenarios)} scenarios) in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 def execute(run: Run, quiet: bool) -> tuple[float, dict]:
-    """One in-process run; returns its wall seconds and summary."""
+    """One in-process run; returns its wall seconds and summary.
+
+    Data that fail validation end the run before round 1 with a summary whose status
+    is ``failed`` (the DataValidationError's line is its ``failure``), as does a run
+    in which no round aggregated or a scenario never trained."""
     from pfms_client.client_app import app as client_app
+    from pfms_client.data import DataValidationError
 
     from .inprocess import InProcessGrid
-    from ..server_app import run as server_run
+    from ..server_app import run as server_run, write_failed_summary
 
     if run.run_dir.exists():  # an unfinished folder from an interrupted comparison: start it again
         shutil.rmtree(run.run_dir)
@@ -250,13 +283,16 @@ def execute(run: Run, quiet: bool) -> tuple[float, dict]:
     nodes = [{"partition-id": i, "num-partitions": k} for i in range(k)]
     with flower_log(run.run_dir / "log.txt", quiet):
         t0 = time.perf_counter()
-        if str(run.cfg.strategy.algorithm) == CENTRALIZED:  # pooled rows, one model: nothing to federate
-            from .centralized import run_centralized
+        try:
+            if str(run.cfg.strategy.algorithm) == CENTRALIZED:  # pooled rows, one model: nothing to federate
+                from .centralized import run_centralized
 
-            _, summary = run_centralized(run.cfg, run.run_dir)
-        else:
-            grid = InProcessGrid(client_app, nodes, {"overrides": shlex.join(run.overrides)})
-            _, summary = server_run(grid, run.cfg, run.run_dir)
+                _, summary = run_centralized(run.cfg, run.run_dir)
+            else:
+                grid = InProcessGrid(client_app, nodes, {"overrides": shlex.join(run.overrides)})
+                _, summary = server_run(grid, run.cfg, run.run_dir)
+        except DataValidationError as exc:
+            summary = write_failed_summary(run.run_dir, run.cfg, str(exc))
         seconds = time.perf_counter() - t0
     (run.run_dir / TIMING_FILE).write_text(json.dumps(
         {"arm": run.arm, "seed": run.seed, "overrides": run.overrides, "wall_seconds": seconds}, indent=1))
@@ -268,7 +304,9 @@ def _duration(seconds: float) -> str:
     return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
-def run_all(runs: Sequence[Run], quiet: bool) -> None:
+def run_all(runs: Sequence[Run], quiet: bool) -> list[tuple[Run, str]]:
+    """Every run not finished earlier, one after the other; returns the failed ones and why."""
+    failed: list[tuple[Run, str]] = []
     done_times: list[float] = []
     todo = sum(not r.finished for r in runs)
     for i, run in enumerate(runs, 1):
@@ -286,19 +324,27 @@ def run_all(runs: Sequence[Run], quiet: bool) -> None:
         done_times.append(seconds)
         left = todo - len(done_times)
         eta = f", ETA {_duration(left * sum(done_times) / len(done_times))}" if left else ""
-        auc = summary.get("test_mean_auc", float("nan"))
         prefix = "" if quiet else f"{head} "  # quiet: completes the line "[i/n] arm seed=s ..."
+        if (why := failure_of(summary)) is not None:
+            failed.append((run, why))
+            print(f"{prefix}FAILED in {seconds:.1f} s: {why}{eta}", flush=True)
+            continue
+        auc = summary.get("test_mean_auc", float("nan"))
         print(f"{prefix}done in {seconds:.1f} s, test mean AUC {auc:.4f}{eta}", flush=True)
+    return failed
 
 
 # --- collecting and reporting ----------------------------------------------------------
 def collect(runs: Sequence[Run]) -> tuple[list[dict], list[dict], list[dict], dict[str, list[float]]]:
-    """Metrics, upload and timing rows of every run folder, and each arm's best-val-round test AUCs."""
+    """Metrics, upload and timing rows of every completed run folder, and each arm's best-val-round
+    test AUCs. A failed run reports nothing here (no AUC): ``failed_runs`` lists it."""
     metrics, upload, timing, best_val = [], [], [], {}
     for run in runs:
+        summary = run.summary()
+        if summary is None or failure_of(summary) is not None:
+            continue
         for r in report.read_csv(run.run_dir / "metrics.csv"):
             metrics.append({"arm": run.arm, "seed": run.seed, **r})
-        summary = json.loads((run.run_dir / "summary.json").read_text())
         if "best_val_round_test_mean_auc" in summary:
             best_val.setdefault(run.arm, []).append(float(summary["best_val_round_test_mean_auc"]))
         log_path = run.run_dir / "train_log.json"
@@ -321,14 +367,26 @@ def _config_order(runs: Sequence[Run]) -> dict[tuple[str, str], int]:
     return {c: i for i, c in enumerate(dict.fromkeys(cells))}
 
 
+def failed_runs(runs: Sequence[Run]) -> list[dict]:
+    """arm, seed and why of every run whose summary says it failed (or that has no summary)."""
+    out = []
+    for run in runs:
+        summary = run.summary()
+        why = "no summary.json (the run did not finish)" if summary is None else failure_of(summary)
+        if why is not None:
+            out.append({"arm": run.arm, "seed": run.seed, "why": why})
+    return out
+
+
 def write_report(out: Path, runs: Sequence[Run], arms: dict[str, list[str]], seeds: Sequence[int],
                  common: Sequence[str]) -> list[dict]:
     metrics, upload, timing, best_val = collect(runs)
+    failed = failed_runs(runs)
     order = _config_order(runs)
     metrics.sort(key=lambda r: order.get((r["scenario"], r["task"]), len(order)))
     final = cr.final_rows(metrics, "test")
     results = cr.aggregate(final, list(arms))
-    if not results:
+    if not results and not failed:
         raise CompareError("no test metrics in the run folders: keep 'test' in eval.splits")
     cr.write_csv(out / "results.csv", results, cr.RESULT_FIELDS)
     cr.write_csv(out / "upload_bytes.csv", upload, cr.UPLOAD_FIELDS)
@@ -337,7 +395,8 @@ def write_report(out: Path, runs: Sequence[Run], arms: dict[str, list[str]], see
     cr.write_csv(out / "paired.csv", paired, cr.PAIRED_FIELDS)
     best = {a: cr.spread(v) for a, v in best_val.items()} if len(best_val) == len(arms) else None
     (out / "results.md").write_text(cr.markdown(results, timing, upload, seeds=seeds, arm_overrides=arms,
-                                                common=common, best_val=best, paired=paired))
+                                                common=common, best_val=best, paired=paired, failed=failed))
+    cr.write_csv(out / "failed.csv", failed, cr.FAILED_FIELDS)
     cr.plot_mean_auc(cr.mean_by_round(metrics, "test"), out / "auc_by_round.png")
     return results
 
@@ -404,7 +463,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         if r["scenario"] == cr.MEAN:
             print(f"  {r['arm']:<22} {cr.fmt_spread(r['auc_mean'], r['auc_std'])}")
-    print(f"wrote {out}/results.md, results.csv, paired.csv, upload_bytes.csv, timing.csv, auc_by_round.png")
+    print(f"wrote {out}/results.md, results.csv, paired.csv, upload_bytes.csv, timing.csv, failed.csv, "
+          "auc_by_round.png")
+    if failed := failed_runs(runs):  # earlier attempts' failures were redone above: these are this attempt's
+        for f in failed:
+            print(f"  FAILED {f['arm']} seed={f['seed']}: {f['why']}", file=sys.stderr)
+        print(f"pfms-compare: {len(failed)} of {len(runs)} runs FAILED (no AUC reported for them; see "
+              f"{out}/results.md); run the same command to redo only those", file=sys.stderr)
+        return 1
     return 0
 
 

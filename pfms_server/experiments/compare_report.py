@@ -21,6 +21,8 @@ RESULT_FIELDS = ["arm", "scenario", "task", "final_round", "auc_mean", "auc_std"
 UPLOAD_FIELDS = ["arm", "seed", "round", "scenario", "bytes"]
 TIMING_FIELDS = ["arm", "seed", "seconds"]
 PAIRED_FIELDS = ["arm", "reference", "auc_diff_mean", "auc_diff_std", "n_seeds", "wins"]
+FAILED_FIELDS = ["arm", "seed", "why"]
+FAILED = "FAILED"  # the cell of an arm whose every run failed
 
 
 def _ordered(values: Iterable) -> list:
@@ -175,6 +177,11 @@ def _bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def _cell(text: str) -> str:
+    """Free text as one Markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def _table(header: list[str], body: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(row) + " |" for row in body)]
@@ -183,12 +190,17 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 def markdown(results: Sequence[dict], timing: Sequence[dict], upload: Sequence[dict], *,
              seeds: Sequence[int], arm_overrides: dict[str, list[str]], common: Sequence[str] = (),
              best_val: dict[str, tuple[float, float, int]] | None = None, paired: Sequence[dict] = (),
-             decimals: int = 4) -> str:
-    """The comparison as Markdown: AUC and LogLoss tables (rows = arms), cost, and what each arm is."""
-    arms = _ordered(r["arm"] for r in results)
+             failed: Sequence[dict] = (), decimals: int = 4) -> str:
+    """The comparison as Markdown: AUC and LogLoss tables (rows = arms), cost, and what each arm is.
+
+    ``failed`` (arm, seed, why): runs that report no AUC. An arm with no completed run
+    shows FAILED in every cell; the failed runs are listed with why under the tables."""
+    present = _ordered([*(r["arm"] for r in results), *(f["arm"] for f in failed)])
+    arms = _ordered([*(a for a in arm_overrides if a in present), *present])
     cells = _ordered((r["scenario"], r["task"]) for r in results if r["scenario"] != MEAN)
     by = {(r["arm"], r["scenario"], r["task"]): r for r in results}
     rounds = sorted({int(r["final_round"]) for r in results})
+    done = {r["arm"] for r in results}
     lines = [
         "# Strategy comparison", "",
         f"{len(arms)} arms x {len(seeds)} seeds ({', '.join(map(str, seeds))}); test split at the final round "
@@ -199,8 +211,14 @@ def markdown(results: Sequence[dict], timing: Sequence[dict], upload: Sequence[d
     for metric, title in (("auc", "Test AUC"), ("logloss", "Test LogLoss")):
         header = ["arm", *(f"{s}/{t}" for s, t in cells), MEAN]
         body = [[a, *(fmt_spread(by[(a, s, t)][f"{metric}_mean"], by[(a, s, t)][f"{metric}_std"], decimals)
-                      if (a, s, t) in by else "n/a" for s, t in [*cells, (MEAN, MEAN)])] for a in arms]
+                      if (a, s, t) in by else FAILED if a not in done else "n/a" for s, t in [*cells, (MEAN, MEAN)])]
+                for a in arms]
         lines += ["", f"## {title}", "", *_table(header, body)]
+    if failed:
+        lines += ["", "## Failed runs", "",
+                  f"{len(failed)} run(s) failed and report no AUC; an arm's cells above average its completed "
+                  "seeds only. Running the same command again redoes only these.", "",
+                  *_table(["arm", "seed", "why"], [[f["arm"], str(f["seed"]), _cell(str(f["why"]))] for f in failed])]
     if paired:
         ref = paired[0]["reference"]
         body = [[p["arm"], "n/a" if p["n_seeds"] == 0 else fmt_spread(p["auc_diff_mean"], p["auc_diff_std"], decimals),
