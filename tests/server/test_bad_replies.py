@@ -346,7 +346,10 @@ def test_too_few_valid_replies_leave_the_state_unchanged_but_the_round(strategy_
                                    before.global_arrays["experts.global.0.layers.0.linear.weight"])
         return
     assert out == (None, None)
-    assert any("round 2: 2 valid replies < min_train_nodes=3; state unchanged" in ln for ln in lines), lines
+    assert any(ln.startswith("round 2 NOT aggregated: 2 valid of 4 replies (4 sent) < min_train_nodes=3 (ES: invalid "
+                              "reply: ") and ln.endswith("; state unchanged") for ln in lines), lines
+    assert [(r["round"], r["aggregated"], r["replies_valid"], r["replies_received"], sorted(r["problems"]))
+            for r in strategy.round_results] == [(1, True, 4, 4, []), (2, False, 2, 4, bad_scenarios)]
     assert strategy.state.round == 2
     before.round = 2
     assert_same_state(strategy.state, before)

@@ -57,6 +57,9 @@ def runs(pfms_home, tmp_path_factory):
 def test_each_baseline_runs_two_rounds(runs, strategy):
     grid, strat, summary = runs(strategy)
     assert summary["strategy"] == {"fedamp": "fedamp", "local": "none"}.get(strategy, "fedavg")
+    assert summary["status"] == "completed" and "failure" not in summary and summary["aggregated_rounds"] == [1, 2]
+    assert [(r["round"], r["aggregated"], r["replies_valid"], r["trained"]) for r in summary["rounds_log"]] == [
+        (k, True, 4, ["ES", "FR", "NL", "US"]) for k in (1, 2)]
     assert {(r["round"], r["scenario"], r["task"]) for r in strat.rows} == {
         (2, s, t) for s in ("NL", "ES", "FR", "US") for t in ("ctr", "ctcvr")}
     assert all(math.isfinite(r["auc"]) and math.isfinite(r["logloss"]) for r in strat.rows)

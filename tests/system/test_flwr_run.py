@@ -62,3 +62,40 @@ def test_pfms_run_rejects_unknown_config_keys(tmp_path):
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PFMS_HOME": str(tmp_path)})
     assert proc.returncode == 2
     assert "no_such_key" in proc.stderr
+
+
+@pytest.mark.slow
+def test_pfms_run_with_bad_data_fails_in_one_line_before_round_1(tmp_path):
+    """The issue's case as a new user meets it: the real AliExpress layout, ES's test.csv missing."""
+    import shutil
+
+    from conftest import FIXTURES
+
+    root = tmp_path / "AliExpress"
+    for scenario in ("NL", "ES"):
+        (root / f"AliExpress_{scenario}").mkdir(parents=True)
+        for name in ("train", "test"):
+            shutil.copy(FIXTURES / "aliexpress_sample" / f"rechub_US_{name}.csv",
+                        root / f"AliExpress_{scenario}" / f"{name}.csv")
+    (root / "AliExpress_ES" / "test.csv").unlink()
+    flwr_home = tmp_path / "flwr"
+    cmd = [sys.executable, "-m", "pfms_server.deploy.local_run", "--app", str(REPO), "--flwr-home", str(flwr_home),
+           "dataset=aliexpress", f"dataset.root={root}", "dataset.scenarios=[NL,ES]", "num_rounds=2"]
+    proc = subprocess.run(cmd, env={**os.environ, "PFMS_HOME": str(tmp_path / "home")}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [f"pfms-run: {root / 'AliExpress_ES' / 'test.csv'}: file not found"]
+    assert "completed" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "home" / "runs").exists()  # no run started
+    assert _processes_mentioning(str(flwr_home)) == []
+
+
+@pytest.mark.slow
+def test_the_simulation_grid_is_where_flower_keeps_it():
+    """server_app.is_simulation looks for this class among the loaded modules (importing it takes seconds)."""
+    import importlib
+
+    from flwr.superlink.grid import InMemoryGrid
+    from pfms_server.server_app import SIMULATION_GRID
+
+    assert getattr(importlib.import_module(SIMULATION_GRID[0]), SIMULATION_GRID[1]) is InMemoryGrid

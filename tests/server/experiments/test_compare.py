@@ -277,3 +277,59 @@ def test_the_conflict_arms_differ_only_by_the_conflict_module(smoke):
         assert all(np.all(np.isfinite(v)) for s in states.values() for v in s.values())
         assert all(not np.allclose(states["pfmsmtrec"][k], states["no-conflict"][k], atol=1e-6)
                    for k in states["pfmsmtrec"] if k.endswith(".linear.weight"))
+
+
+# --- failed runs: reported as FAILED with why, no AUC; the others finish; exit 1 -----------------
+def test_markdown_marks_failed_runs(hand_rows):
+    final = cr.final_rows(hand_rows, "test")
+    failed = [{"arm": "c", "seed": 1, "why": "/d/ES/test.csv: file | not found"},
+              {"arm": "b", "seed": 3, "why": "no round aggregated in 2 round(s)"}]
+    md = cr.markdown(cr.aggregate(final), [], [], seeds=[1, 2, 3], arm_overrides={"a": [], "c": ["x=1"], "b": []},
+                     failed=failed)
+    rows = [line for line in md.splitlines() if line.startswith("| c |")]
+    assert rows[0] == "| c | " + " | ".join(["FAILED"] * 5) + " |"  # AUC: 4 cells and the mean
+    assert rows[1] == rows[0]  # LogLoss
+    assert "| c | 1 | /d/ES/test.csv: file \\| not found |" in md
+    assert "| b | 3 | no round aggregated in 2 round(s) |" in md
+    # b's cells average its completed seeds only; the arms keep the arms file's order
+    b_auc = next(line for line in md.splitlines() if line.startswith("| b |"))
+    assert "FAILED" not in b_auc and "0.6" in b_auc
+    order = [line.split("|")[1].strip() for line in md.split("## Test AUC")[1].splitlines()[4:7]]
+    assert order == ["a", "c", "b"]
+
+
+def test_a_failed_arm_is_reported_and_the_others_finish(tmp_path, capsys):
+    import shutil
+
+    from conftest import FIXTURES
+
+    good, root = tmp_path / "good", tmp_path / "bad"  # the real sample as NL and ES; bad lacks ES's test.csv
+    for folder in (good, root):
+        for scenario in ("NL", "ES"):
+            (folder / f"AliExpress_{scenario}").mkdir(parents=True)
+            for name in ("train", "test"):
+                shutil.copy(FIXTURES / "aliexpress_sample" / f"rechub_US_{name}.csv",
+                            folder / f"AliExpress_{scenario}" / f"{name}.csv")
+    (root / "AliExpress_ES" / "test.csv").unlink()
+    arms = tmp_path / "arms.yaml"
+    arms.write_text(
+        f"arms:\n  good: ['dataset.root={good}']\n  bad: ['dataset.root={root}']\n"
+        "seeds: [1]\noverrides: [dataset=aliexpress, 'dataset.scenarios=[NL,ES]', num_rounds=1, 'eval.splits=[test]']\n")
+    out = tmp_path / "cmp"
+    argv = ["--arms", str(arms), "--out", str(out), f"paths.home={tmp_path / 'home'}"]
+    why = f"{root / 'AliExpress_ES' / 'test.csv'}: file not found"
+    assert main(argv) == 1
+    printed = capsys.readouterr()
+    assert f"[2/2] bad seed=1 ... FAILED in" in printed.out and why in printed.out
+    assert "[1/2] good seed=1 ... done in" in printed.out
+    assert f"  FAILED bad seed=1: {why}" in printed.err and "1 of 2 runs FAILED" in printed.err
+    summary = json.loads((out / "runs" / "bad-seed1" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failure"] == why
+    assert {r["arm"] for r in _csv(out / "results.csv")} == {"good"}  # no AUC for the failed arm
+    assert _csv(out / "failed.csv") == [{"arm": "bad", "seed": "1", "why": why}]
+    md = (out / "results.md").read_text()
+    assert f"| bad | 1 | {why} |" in md and "| bad | FAILED |" in md
+    # Again: the completed run is skipped, the failed one redone (and fails again).
+    assert main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "[1/2] good seed=1 ... skipped" in printed and "[2/2] bad seed=1 ... FAILED in" in printed
