@@ -2,8 +2,9 @@
 
 ``server_app`` is the ServerApp (config check, resume, the rounds, the summary),
 ``strategy`` the one Flower Strategy (``ScenarioStrategy``: orchestration only),
-``report`` writes a run folder (metrics.csv, summary, plots) and ``config_check``
-checks a run's config before anything starts. Below them:
+``report`` writes a run folder (metrics.csv, summary, plots), ``config_check``
+checks a run's config before anything starts and ``data_check`` every scenario's
+data before round 1 of a simulation. Below them:
 
 * ``aggregation/``: the rules' math (PF-MSMTrec, FedAvg, FedAMP, conflict,
   personalization, towers, state, validation); numpy and scipy only;
@@ -24,6 +25,7 @@ from typing import Any
 _EXPORTS = {
     "ScenarioStrategy": "strategy",
     "app": "server_app",
+    "check_scenarios": "data_check",
     "load_run_config": "config_check",
 }
 
