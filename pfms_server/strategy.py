@@ -87,7 +87,7 @@ class ScenarioStrategy(Strategy):
         self.sent: dict[int, tuple[str, Arrays]] = {}
         self.rows: list[dict] = []
         self.train_log: list[dict] = []
-        # One entry per train phase of this process: aggregated or not, and why (summary.json "rounds").
+        # One entry per train phase of this process: aggregated or not, and why (summary.json "rounds_log").
         self.round_results: list[dict] = []
 
     # -- helpers -------------------------------------------------------------------
