@@ -109,11 +109,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..data_check import check_scenarios
 
+    t0 = time.perf_counter()
     try:
         check_scenarios(cfg)
     except DataValidationError as exc:
         print(f"pfms-run: {exc}", file=sys.stderr)
         return 2
+    print(f"pfms-run: data of {k} scenarios checked in {time.perf_counter() - t0:.1f} s", flush=True)
     app = Path(args.app).resolve()
     if not (app / "pyproject.toml").is_file():
         print(f"pfms-run: {app} is not a Flower app (no pyproject.toml)", file=sys.stderr)

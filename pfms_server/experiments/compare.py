@@ -286,7 +286,9 @@ def execute(run: Run, quiet: bool) -> tuple[float, dict]:
         try:
             if str(run.cfg.strategy.algorithm) == CENTRALIZED:  # pooled rows, one model: nothing to federate
                 from .centralized import run_centralized
+                from ..data_check import check_scenarios
 
+                check_scenarios(run.cfg)  # the same one-line error as a federated run's
                 _, summary = run_centralized(run.cfg, run.run_dir)
             else:
                 grid = InProcessGrid(client_app, nodes, {"overrides": shlex.join(run.overrides)})
