@@ -399,7 +399,8 @@ def write_report(out: Path, runs: Sequence[Run], arms: dict[str, list[str]], see
     (out / "results.md").write_text(cr.markdown(results, timing, upload, seeds=seeds, arm_overrides=arms,
                                                 common=common, best_val=best, paired=paired, failed=failed))
     cr.write_csv(out / "failed.csv", failed, cr.FAILED_FIELDS)
-    cr.plot_mean_auc(cr.mean_by_round(metrics, "test"), out / "auc_by_round.png")
+    if by_round := cr.mean_by_round(metrics, "test"):  # none when every run failed
+        cr.plot_mean_auc(by_round, out / "auc_by_round.png")
     return results
 
 
@@ -465,8 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         if r["scenario"] == cr.MEAN:
             print(f"  {r['arm']:<22} {cr.fmt_spread(r['auc_mean'], r['auc_std'])}")
-    print(f"wrote {out}/results.md, results.csv, paired.csv, upload_bytes.csv, timing.csv, failed.csv, "
-          "auc_by_round.png")
+    plot = ", auc_by_round.png" if (out / "auc_by_round.png").is_file() else ""
+    print(f"wrote {out}/results.md, results.csv, paired.csv, upload_bytes.csv, timing.csv, failed.csv{plot}")
     if failed := failed_runs(runs):  # earlier attempts' failures were redone above: these are this attempt's
         for f in failed:
             print(f"  FAILED {f['arm']} seed={f['seed']}: {f['why']}", file=sys.stderr)

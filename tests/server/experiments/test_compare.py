@@ -333,3 +333,32 @@ def test_a_failed_arm_is_reported_and_the_others_finish(tmp_path, capsys):
     assert main(argv) == 1
     printed = capsys.readouterr().out
     assert "[1/2] good seed=1 ... skipped" in printed and "[2/2] bad seed=1 ... FAILED in" in printed
+
+
+def test_a_centralized_arm_on_bad_data_fails_with_the_same_line(tmp_path, capsys):
+    import shutil
+
+    from conftest import FIXTURES
+
+    root = tmp_path / "bad"
+    for scenario in ("NL", "ES"):
+        (root / f"AliExpress_{scenario}").mkdir(parents=True)
+        for name in ("train", "test"):
+            shutil.copy(FIXTURES / "aliexpress_sample" / f"rechub_US_{name}.csv",
+                        root / f"AliExpress_{scenario}" / f"{name}.csv")
+    path = root / "AliExpress_NL" / "train.csv"
+    lines = path.read_text().splitlines(True)
+    cells = lines[4].split(",")
+    cells[3] = "x" + cells[3]  # line 5's categorical_3 is no longer an integer id
+    lines[4] = ",".join(cells)
+    path.write_text("".join(lines))
+    arms = tmp_path / "arms.yaml"
+    arms.write_text(f"arms:\n  central: [strategy=centralized]\nseeds: [1]\noverrides: [dataset=aliexpress, "
+                    f"'dataset.root={root}', 'dataset.scenarios=[NL,ES]', num_rounds=1]\n")
+    assert main(["--arms", str(arms), "--out", str(tmp_path / "cmp"), f"paths.home={tmp_path / 'home'}"]) == 1
+    failed = _csv(tmp_path / "cmp" / "failed.csv")
+    assert [(f["arm"], f["seed"]) for f in failed] == [("central", "1")]
+    assert failed[0]["why"].startswith(f"{path} line 5, column 'categorical_3': ")
+    assert "[1/1] central seed=1 ... FAILED in" in capsys.readouterr().out
+    assert not (tmp_path / "cmp" / "auc_by_round.png").exists()  # nothing to plot
+    assert "| central | FAILED |" in (tmp_path / "cmp" / "results.md").read_text()
