@@ -1,14 +1,16 @@
 """Fast CSV writing for non-negative integers and fixed-decimal floats, block by block.
 
 ``DataFrame.to_csv`` spends ~2.5 s on 25k x 82 cells because it formats every
-float in Python. Here a ``CsvWriter`` appends blocks of columns to one open file:
-each block becomes a pyarrow table (integers as they are; floats as strings,
-rendered by numpy: for values in [0, 1] with at most ``_TABLE_MAX_DECIMALS``
-decimals a lookup in a table of every possible string, else digit arithmetic)
-and ``pyarrow.csv.write_csv`` writes it without quotes. The bytes are those of
-the plain rules below whatever the block sizes: integers in decimal, floats
-rounded to ``decimals`` places with trailing zeros dropped ("0", "0.25", "1").
-Memory is bounded by ``_CHUNK_ROWS`` rows of text, not by the file.
+float in Python. Here every cell is rendered as bytes with numpy: a
+``CsvWriter`` appends blocks of columns to one open file, ``_CHUNK_ROWS`` rows
+at a time. Each cell gets a fixed slot of the row (its text, left-aligned and
+padded with NUL bytes, then the separator); the text of a float in [0, 1] with
+at most ``_TABLE_MAX_DECIMALS`` decimals, and of an integer below
+``_INT_TABLE_MAX``, is looked up in a table of every possible cell, any other
+is made by digit arithmetic; dropping the NUL bytes of the whole chunk at once
+gives the lines. The bytes follow plain rules whatever the block sizes:
+integers in decimal, floats rounded to ``decimals`` places with trailing zeros
+dropped ("0", "0.25", "1"). Memory is bounded by one chunk of text, not by the file.
 """
 
 from __future__ import annotations
@@ -19,14 +21,12 @@ from os import PathLike
 from typing import BinaryIO
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 _ZERO = ord("0")
-_CHUNK_ROWS = 50_000  # rows rendered to text at once: bounds the text buffers (~50k x row width)
-_TABLE_MAX_DECIMALS = 6  # floats in [0, 1] are looked up in a table of 10^d + 1 strings up to here
-_WRITE_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+_CHUNK_ROWS = 50_000  # rows rendered at once: bounds the text buffer (~50k x row width)
+_TABLE_MAX_DECIMALS = 6  # floats in [0, 1] with up to this many decimals: small word tables
+_INT_TABLE_MAX = 1 << 20  # integers below this: a table of their cells (up to 7 MiB)
+_NUL = 0
 
 
 def _digit_count(v: np.ndarray) -> np.ndarray:
@@ -85,36 +85,131 @@ def _format_scaled(k: np.ndarray, decimals: int) -> tuple[np.ndarray, np.ndarray
     return chars, length
 
 
-def _string_array(chars: np.ndarray, length: np.ndarray) -> pa.Array:
-    """A pyarrow string array of the left-aligned rows of ``chars`` cut at ``length``."""
-    data = chars[np.arange(chars.shape[1])[None, :] < length[:, None]]
-    offsets = np.zeros(len(length) + 1, dtype=np.int64)
-    np.cumsum(length, out=offsets[1:])
-    return pa.LargeStringArray.from_buffers(
-        len(length), pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))
-    )
+def _padded(chars: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """``chars`` with NUL after each row's ``length`` characters."""
+    chars[np.arange(chars.shape[1])[None, :] >= length[:, None]] = _NUL
+    return chars
+
+
+def _as_words(table: np.ndarray, width: int | None = None) -> np.ndarray:
+    """A [rows, w] text table as one unsigned int per row (w padded to ``width``, by default
+    1, 2, 4 or 8 bytes), so a lookup is a 1-d gather."""
+    width = width or 1 << max(0, (table.shape[1] - 1).bit_length())
+    padded = np.zeros((table.shape[0], width), dtype=np.uint8)
+    padded[:, : table.shape[1]] = table
+    return padded.view(f"<u{width}").ravel()
+
+
+def _fixed_words(k: np.ndarray, decimals: int) -> np.ndarray:
+    """The text of ``k / 10^decimals`` (each in 0..10^decimals) as 8-byte words."""
+    return _as_words(_padded(*_format_scaled(k, decimals)), 8)
 
 
 @lru_cache(maxsize=4)
-def _unit_table(decimals: int) -> pa.Array:
-    """Every string of k / 10^decimals for k in 0..10^decimals (all fixed floats in [0, 1])."""
-    return _string_array(*_format_scaled(np.arange(10**decimals + 1, dtype=np.int64), decimals))
+def _unit_tables(decimals: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three small word tables that spell any k / 10^d in [0, 1] (d <= 6), split k = hi 10^h + lo.
+
+    ``whole[hi]``: the text of hi 10^h (trailing zeros dropped: what k is when lo == 0);
+    ``head[hi]``: "0." and hi's d - h digits, zeros kept; ``tail[lo]``: the text of lo,
+    "0.00" then lo's digits. ``head | tail`` is the text of k when lo > 0: the
+    character "0" (0x30) OR-ed with any digit gives that digit.
+    """
+    h = decimals // 2
+    base = 10**h
+    hi = np.arange(10 ** (decimals - h) + 1, dtype=np.int64)
+    whole = _fixed_words(hi * base, decimals)
+    head = _fixed_words(np.minimum(hi * base + 1, 10**decimals), decimals)
+    keep = 2 + decimals - h  # "0." and the high digits
+    head &= np.uint64((1 << (8 * keep)) - 1)
+    tail = _fixed_words(np.arange(base, dtype=np.int64), decimals)
+    return whole, head, tail
 
 
-def _fixed_column(values: np.ndarray, decimals: int) -> pa.Array:
+def _unit_words(k: np.ndarray, decimals: int) -> np.ndarray:
+    """Words of k / 10^decimals for k in 0..10^decimals (from ``_unit_tables``)."""
+    whole, head, tail = _unit_tables(decimals)
+    hi, lo = np.divmod(k, 10 ** (decimals // 2))
+    return np.where(lo == 0, whole[hi], head[hi] | tail[lo])
+
+
+@lru_cache(maxsize=8)
+def _int_table(size: int) -> np.ndarray:
+    """The NUL-padded text of every integer in 0..size-1, one word each."""
+    return _as_words(_padded(*format_uint(np.arange(size, dtype=np.int64))))
+
+
+def _words_as_chars(words: np.ndarray) -> np.ndarray:
+    """[n, m] words -> [n, m, word bytes] characters (a view)."""
+    return words.view(np.uint8).reshape(*words.shape, words.itemsize)
+
+
+def _fixed_cells(values: np.ndarray, decimals: int) -> np.ndarray:
+    """[n, m] floats -> [n, m, w] NUL-padded text."""
     x = np.asarray(values, dtype=np.float64)
     _check_fixed(x)
     k = np.rint(x * 10**decimals).astype(np.int64)
     if decimals <= _TABLE_MAX_DECIMALS and (not k.size or k.max() <= 10**decimals):
-        return pc.take(_unit_table(decimals), pa.array(k))
-    return _string_array(*_format_scaled(k, decimals))
+        return _words_as_chars(_unit_words(k, decimals))
+    cols = [_padded(*_format_scaled(k[:, j], decimals)) for j in range(k.shape[1])]
+    return _stack_cells(cols)
 
 
-def _int_column(values: np.ndarray) -> pa.Array:
+def _int_cells(values: np.ndarray) -> np.ndarray:
+    """[n, m] non-negative ints -> [n, m, w] NUL-padded text."""
     v = np.asarray(values, dtype=np.int64)
     if v.size and v.min() < 0:
         raise ValueError("format_uint: negative value")
-    return pa.array(v)
+    vmax = int(v.max()) if v.size else 0
+    if vmax < _INT_TABLE_MAX:
+        size = max(1024, 1 << vmax.bit_length())  # a few table sizes, each made once
+        return _words_as_chars(_int_table(size)[v])
+    return _stack_cells([_padded(*format_uint(v[:, j])) for j in range(v.shape[1])])
+
+
+def _stack_cells(cols: list[np.ndarray]) -> np.ndarray:
+    width = max(c.shape[1] for c in cols)
+    out = np.zeros((cols[0].shape[0], len(cols), width), dtype=np.uint8)
+    for j, c in enumerate(cols):
+        out[:, j, : c.shape[1]] = c
+    return out
+
+
+def _runs(decimals: Sequence[int | None]) -> list[tuple[int, int]]:
+    """[start, stop) of the runs of neighbouring float columns with the same ``decimals``;
+    each int column alone (each gets the narrowest text width of its own values)."""
+    runs: list[tuple[int, int]] = []
+    for i, d in enumerate(decimals):
+        if runs and d is not None and decimals[runs[-1][0]] == d:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def render_rows(columns: Sequence[np.ndarray], decimals: Sequence[int | None]) -> bytes:
+    """The CSV lines of ``columns`` (ints where ``decimals`` is None, else fixed floats).
+
+    Neighbouring columns of one kind are rendered together: a [n, m, w] block of
+    NUL-padded cells, each followed by its separator slot; the NULs go at the end.
+    """
+    n = len(columns[0]) if columns else 0
+    blocks = []
+    for start, stop in _runs(decimals):
+        values = np.column_stack(columns[start:stop])
+        d = decimals[start]
+        blocks.append(_int_cells(values) if d is None else _fixed_cells(values, d))
+    width = sum(b.shape[1] * (b.shape[2] + 1) for b in blocks)
+    row = np.empty((n, width), dtype=np.uint8)
+    at = 0
+    for b in blocks:
+        m, w = b.shape[1], b.shape[2]
+        cells = row[:, at : at + m * (w + 1)].reshape(n, m, w + 1)
+        cells[:, :, :w] = b
+        cells[:, :, w] = ord(",")
+        at += m * (w + 1)
+    if width:
+        row[:, -1] = ord("\n")
+    return row[row != _NUL].tobytes()
 
 
 class CsvWriter:
@@ -130,7 +225,6 @@ class CsvWriter:
         if len(header) != len(decimals):
             raise ValueError("write_csv: header and decimals differ in length")
         self._fh = fh
-        self._names = [f"c{i}" for i in range(len(header))]  # not written: the header is ours
         self._decimals = list(decimals)
         self.rows = 0
         fh.write((",".join(header) + "\n").encode())
@@ -141,11 +235,7 @@ class CsvWriter:
         n = len(columns[0]) if columns else 0
         for start in range(0, n, _CHUNK_ROWS):
             stop = min(n, start + _CHUNK_ROWS)
-            arrays = [
-                _int_column(c[start:stop]) if d is None else _fixed_column(c[start:stop], d)
-                for c, d in zip(columns, self._decimals, strict=True)
-            ]
-            pa_csv.write_csv(pa.Table.from_arrays(arrays, self._names), self._fh, _WRITE_OPTIONS)
+            self._fh.write(render_rows([c[start:stop] for c in columns], self._decimals))
         self.rows += n
 
 

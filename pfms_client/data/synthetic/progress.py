@@ -21,7 +21,7 @@ class Progress:
         self.label, self.total, self.done_rows = label, total, 0
         self.stream = stream
         self.start = self.last = time.monotonic()
-        self.printed = False
+        self.printed, self.printed_rows = False, 0
 
     def advance(self, rows: int) -> None:
         self.done_rows += rows
@@ -31,7 +31,7 @@ class Progress:
             self._line(now)
 
     def done(self) -> None:
-        if self.printed:
+        if self.printed and self.printed_rows != self.done_rows:
             self._line(time.monotonic())
 
     def _line(self, now: float) -> None:
@@ -46,4 +46,4 @@ class Progress:
             file=self.stream or sys.stderr,
             flush=True,
         )
-        self.printed = True
+        self.printed, self.printed_rows = True, self.done_rows
