@@ -24,6 +24,15 @@ everything per scenario from ``(seed, crc32(scenario name))``, so one scenario
 generated alone is identical to the same scenario in a full run, whatever the
 list of scenarios is.
 
+Streaming: rows are simulated ``BLOCK_ROWS`` at a time (``simulate_blocks``) and
+appended to the CSVs as they come, so memory stays that of one block (about 0.3
+GiB) at any row count; the meta's rates are running counts and its oracle AUCs
+``StreamingAUC``s. Block 0 keeps the draw order of the original whole-array
+generator (the scenario's own parameters drawn between its rows, label biases
+calibrated on its logits), so scenarios of up to ``BLOCK_ROWS`` rows, the
+project's default ones among them, are byte-identical to what it wrote; block
+b >= 1 has its own stream ``(seed, scenario, b)``.
+
 On disk: ``{out}/{scenario}/train.csv``, ``test.csv`` and ``meta.json`` (params,
 target and measured rates, oracle AUCs), plus ``{out}/meta.json`` indexing all
 scenarios present. A scenario folder is built in a temp dir and renamed into
