@@ -9,6 +9,7 @@ pure aggregation rule (PF-MSMTrec's ``aggregate_round`` or a baseline's, from
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -33,6 +34,21 @@ def to_record(arrays: Arrays) -> ArrayRecord:
 
 def from_record(record: ArrayRecord) -> Arrays:
     return {k: v.numpy() for k, v in record.items()}
+
+
+TIMING_FIELDS = ("start", "import", "config", "data", "model", "train", "evaluate")
+
+
+def client_seconds(server_round: int, scenario: str, phase: str, metrics: dict) -> dict:
+    """Where a client's message went (its ``time.*`` metrics, informative only) as one row of
+    client_seconds.csv; a missing or non-numeric value is empty."""
+    row: dict = {"round": server_round, "scenario": scenario, "phase": phase}
+    for name in TIMING_FIELDS:
+        value = _real(metrics.get(f"time.{name}"))
+        row[name] = round(value, 4) if np.isfinite(value) else ""
+    threads = _real(metrics.get("threads"))
+    row["threads"] = int(threads) if np.isfinite(threads) else ""
+    return row
 
 
 def _real(value: object) -> float:
@@ -84,6 +100,7 @@ class ScenarioStrategy(Strategy):
         self.sent: dict[int, tuple[str, Arrays]] = {}
         self.rows: list[dict] = []
         self.train_log: list[dict] = []
+        self.timings: list[dict] = []  # client_seconds.csv: where each client message's seconds went
 
     # -- helpers -------------------------------------------------------------------
     def summary(self) -> None:
@@ -195,6 +212,7 @@ class ScenarioStrategy(Strategy):
             counts[scenario] = count
             reported = msg.content["metrics"]  # informative only: never trusted to be numbers
             metrics[scenario] = {k: _real(reported.get(k)) for k in ("train_bce", "samples_per_s")}
+            self._record_seconds(server_round, scenario, "train", dict(reported))
         silent = sorted({sc for sc, _ in self.sent.values()} - set(uploads) - set(dropped))
         if silent:
             log(WARNING, "round %d: no usable reply from %s", server_round, ", ".join(silent))
@@ -277,6 +295,20 @@ class ScenarioStrategy(Strategy):
             problems.append(f"num-examples {value!r} is less than one sample")
         return problems, arrays, count
 
+    def _record_seconds(self, server_round: int, scenario: str, phase: str, metrics: dict) -> None:
+        if not any(k.startswith("time.") for k in metrics):
+            return
+        row = client_seconds(server_round, scenario, phase, metrics)
+        self.timings.append(row)
+        if self.run_dir is not None:
+            path = self.run_dir / "client_seconds.csv"
+            new = not path.exists()
+            with path.open("a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+
     # -- evaluation ----------------------------------------------------------------
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -312,6 +344,7 @@ class ScenarioStrategy(Strategy):
                 log(WARNING, "round %d: evaluation reply for %s lacks metrics; dropped", server_round, scenario)
                 continue
             rows += report.rows_from_metrics(server_round, scenario, dict(msg.content["metrics"]))
+            self._record_seconds(server_round, scenario, "evaluate", dict(msg.content["metrics"]))
         if not rows:
             return None
         self.rows += rows
