@@ -166,7 +166,8 @@ def test_one_message_per_round_gives_the_metrics_of_separate_evaluate_messages(p
     """Each train message also evaluates the model it brings (the previous round's); one final
     evaluate message ends the run. The metrics, the summary and the trained state equal those of
     the schedule with a separate evaluate message per round, number for number."""
-    overrides = inprocess_overrides(pfms_home, "num_rounds=3", "train.num_threads=1", "server.plot=false", *extra)
+    overrides = inprocess_overrides(pfms_home, "num_rounds=3", "train.num_threads=1", "server.plot=false",
+                                    "dataset.generator.rows_train=1500", "dataset.generator.rows_test=800", *extra)
     runs = {}
     for merged in (False, True):
         monkeypatch.setattr(ScenarioStrategy, "EVAL_WITH_TRAIN", merged)
