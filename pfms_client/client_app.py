@@ -8,30 +8,40 @@ with the uploadable non-BN tensors, its sample count and metrics.
 
 from __future__ import annotations
 
-import json
-import zlib
-from pathlib import Path
-from typing import Any
+import time
 
-import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-from omegaconf import DictConfig, OmegaConf
+from .timing import Stopwatch, process_age_s
 
-from .config import load_config
-from .data import ScenarioData, load_scenario
-from .mmoe import MMoE, build_model
-from .state import LocalState, atomic_torch_save
-from .template import shared_parts, uploaded_names
-from .local_update import client_mode, ditto_personal_update, fedrep_update, train_config
-from .trainer import evaluate, train_local
+_STARTED_S = process_age_s()  # how long this process had run when this module began to import
+_IMPORT_T0 = time.perf_counter()
+
+import json  # noqa: E402  (the imports below are what time.import measures)
+import zlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from .config import load_config  # noqa: E402
+from .data import ScenarioData, load_scenario  # noqa: E402
+from .mmoe import MMoE, build_model  # noqa: E402
+from .state import LocalState, atomic_torch_save  # noqa: E402
+from .template import shared_parts, uploaded_names  # noqa: E402
+from .threads import choose as choose_threads  # noqa: E402
+from .local_update import client_mode, ditto_personal_update, fedrep_update, train_config  # noqa: E402
+from .trainer import evaluate, train_local  # noqa: E402
 
 app = ClientApp()
 SPLITS = ("train", "val", "test")
 
 _CONFIGS: dict[str, DictConfig] = {}
 _DATA: dict[str, ScenarioData] = {}
+# Process start and imports are paid once per process: reported by its first message only.
+_STARTUP = {"start": _STARTED_S, "import": time.perf_counter() - _IMPORT_T0}
 
 
 class UpdateError(ValueError):
@@ -80,16 +90,43 @@ def scenario_data(ds_cfg: DictConfig, scenario: str) -> ScenarioData:
     return _DATA[key]
 
 
+def torch_threads(context: Context, cfg: DictConfig) -> int | None:
+    """Set torch's intra-op threads: ``train.num_threads``, else the node's share of the host
+    (node config ``threads``, set by pfms-client; see pfms_client.threads); None = torch's default."""
+    node = context.node_config
+    if cfg.train.num_threads:
+        threads = int(cfg.train.num_threads)
+    elif "threads" in node:
+        registry = node.get("node-registry")
+        threads, _ = choose_threads(node["threads"], node.get("nodes-per-host", 0),
+                                    Path(str(registry)) if registry else None)
+    else:
+        return None
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 class Session:
-    """One message's view of the scenario: config, data, model with local state."""
+    """One message's view of the scenario: config, data, model with local state.
+
+    ``watch`` collects where the message's seconds went (``time.*`` in the reply's
+    metrics: process start and imports on a process's first message, config, data,
+    model, then train and evaluate as the handler measures them)."""
 
     def __init__(self, context: Context, msg: Message | None = None) -> None:
-        self.cfg = run_config(context)
-        if self.cfg.train.num_threads:
-            torch.set_num_threads(int(self.cfg.train.num_threads))
+        self.watch = Stopwatch()
+        if _STARTUP:
+            self.watch.seconds.update(_STARTUP)
+            _STARTUP.clear()
+        with self.watch.time("config"):
+            self.cfg = run_config(context)
+        self.threads = torch_threads(context, self.cfg)
         self.scenario = scenario_of(context, self.cfg)
-        self.data = scenario_data(dataset_config(context, self.cfg), self.scenario)
-        self.model: MMoE = self.new_model()
+        with self.watch.time("data"):
+            self.data = scenario_data(dataset_config(context, self.cfg), self.scenario)
+        with self.watch.time("model"):
+            self.model: MMoE = self.new_model()
         strat = self.cfg.strategy
         self.upload = uploaded_names(self.model.state_dict().keys(), fedbn=bool(strat.fedbn), share=shared_parts(strat))
         state_dir = context.node_config.get("state-dir")
@@ -166,12 +203,47 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def eval_metrics(session: Session, model: MMoE, splits: list[str]) -> dict[str, Any]:
+    """``<split>.n`` and ``<split>.<task>.<auc|logloss>`` of ``model`` on each split."""
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown evaluation split(s) {unknown}; expected some of {list(SPLITS)}")
+    metrics: dict[str, Any] = {}
+    with session.watch.time("evaluate"):
+        for split in splits:
+            data = getattr(session.data, split)
+            metrics[f"{split}.n"] = int(data.y.shape[0])
+            for task, m in evaluate(model, data, session.data.task_names, int(session.cfg.eval.batch_size)).items():
+                metrics[f"{split}.{task}.auc"] = m["auc"]
+                metrics[f"{split}.{task}.logloss"] = m["logloss"]
+    return metrics
+
+
+def received_model_metrics(session: Session, config: ConfigRecord, server_round: int) -> dict[str, Any]:
+    """A train message may also ask to evaluate the model it brings, before training on it
+    (``evaluate-splits``): that is the model the previous round ended with, so the metrics are
+    the ones a separate evaluate message of that round would give, one message earlier.
+    Ditto evaluates its personal model, as the evaluate message does."""
+    if "evaluate-splits" not in config:
+        return {}
+    splits = [str(s) for s in config["evaluate-splits"]]
+    model = session.model
+    if client_mode(session.cfg.strategy) == "ditto":
+        personal = session.personal().load(before_round=server_round or None)
+        if personal is not None:
+            model = session.new_model()
+            model.load_state_dict(personal)
+    return eval_metrics(session, model, splits)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     session = Session(context, msg)
-    server_round = int(msg.content["config"].get("server-round", 0))
+    config = msg.content["config"]
+    server_round = int(config.get("server-round", 0))
     session.restore(before_round=server_round or None)
     anchor = session.load_received(msg.content["arrays"])
+    evaluated = received_model_metrics(session, config, server_round)
     mode = client_mode(session.cfg.strategy)
     tcfg = train_config(session.cfg)
     params = dict(session.model.named_parameters())
@@ -179,20 +251,24 @@ def train(msg: Message, context: Context) -> Message:
     received = {k: v.clone() for k, v in session.model.state_dict().items()} if mode == "ditto" else None
     seed = session.seed(server_round)
     torch.manual_seed(seed)  # dropout masks differ per round and scenario
-    if mode == "fedrep":
-        stats = fedrep_update(session.model, session.data.train, anchor, tcfg, seed,
-                              int(session.cfg.strategy.client.head_epochs))
-    else:
-        stats = train_local(session.model, session.data.train, anchor, tcfg, seed)
-    session.local.save(session.model.state_dict(), server_round)
-    if received is not None:  # Ditto: the personal model, started from the first global model it saw
-        personal, model = session.personal(), session.new_model()
-        model.load_state_dict(personal.load(before_round=server_round or None) or received)
-        pstats = ditto_personal_update(model, session.data.train, anchor, tcfg, seed,
-                                       float(session.cfg.strategy.client.lam))
-        personal.save(model.state_dict(), server_round)
-        stats["personal_bce"] = pstats["train_bce"]
-    metrics: dict[str, Any] = {"num-examples": int(session.data.train.y.shape[0]), **stats}
+    with session.watch.time("train"):
+        if mode == "fedrep":
+            stats = fedrep_update(session.model, session.data.train, anchor, tcfg, seed,
+                                  int(session.cfg.strategy.client.head_epochs))
+        else:
+            stats = train_local(session.model, session.data.train, anchor, tcfg, seed)
+        session.local.save(session.model.state_dict(), server_round)
+        if received is not None:  # Ditto: the personal model, started from the first global model it saw
+            personal, model = session.personal(), session.new_model()
+            model.load_state_dict(personal.load(before_round=server_round or None) or received)
+            pstats = ditto_personal_update(model, session.data.train, anchor, tcfg, seed,
+                                           float(session.cfg.strategy.client.lam))
+            personal.save(model.state_dict(), server_round)
+            stats["personal_bce"] = pstats["train_bce"]
+    metrics: dict[str, Any] = {"num-examples": int(session.data.train.y.shape[0]), **stats, **evaluated,
+                               **session.watch.metrics()}
+    if session.threads is not None:
+        metrics["threads"] = session.threads
     content = RecordDict(
         {"arrays": to_record(session.uploadable()), "metrics": MetricRecord(metrics), "meta": meta(session)}
     )
@@ -212,19 +288,12 @@ def evaluate_(msg: Message, context: Context) -> Message:
         session.restore(before_round=before)
         session.load_received(msg.content["arrays"])
     splits = [str(s) for s in config.get("splits", list(session.cfg.eval.splits))]
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown:
-        raise ValueError(f"unknown evaluation split(s) {unknown}; expected some of {list(SPLITS)}")
-    metrics: dict[str, Any] = {"num-examples": int(session.data.val.y.shape[0])}
-    for split in splits:
-        data = getattr(session.data, split)
-        metrics[f"{split}.n"] = int(data.y.shape[0])
-        for task, m in evaluate(session.model, data, session.data.task_names, int(session.cfg.eval.batch_size)).items():
-            metrics[f"{split}.{task}.auc"] = m["auc"]
-            metrics[f"{split}.{task}.logloss"] = m["logloss"]
+    metrics: dict[str, Any] = {"num-examples": int(session.data.val.y.shape[0]),
+                               **eval_metrics(session, session.model, splits)}
     ckpt_dir = context.node_config.get("checkpoint-dir") or config.get("checkpoint-dir")
     if ckpt_dir:
         save_checkpoint(session, Path(str(ckpt_dir)) / f"{session.scenario}.pt")
+    metrics.update(session.watch.metrics())
     content = RecordDict({"metrics": MetricRecord(metrics), "meta": meta(session)})
     return Message(content, reply_to=msg)
 

@@ -6,6 +6,13 @@ certificate files and that the SuperLink answers; then it runs
 ``flower-supernode`` with node config ``scenario``, ``data-path`` and
 ``state-dir`` so the ClientApp serves that scenario and keeps its local model
 state on disk across restarts.
+
+Torch threads: by default each ClientApp takes the cores this process may use
+divided by the pfms-client nodes running on this host (``--threads auto``; the
+nodes are counted in a registry folder at every message, see
+pfms_client.threads); ``--nodes-per-host`` fixes the divisor, ``--threads N`` the
+number, and ``train.num_threads`` in the run config overrides both. The choice is
+logged in one line at start.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import sys
 from pathlib import Path
 
 from .procs import bin_dir, flower_env, free_port, parse_address, reachable, run_foreground
+from .threads import AUTO, choose, parse_setting, register, registry_dir, unregister
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,6 +45,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=30.0,
                    help="seconds to wait for the SuperLink to answer before giving up (default: 30)")
     p.add_argument("--flwr-home", default=None, help="FLWR_HOME for the SuperNode (default: Flower's)")
+    p.add_argument("--threads", default=AUTO,
+                   help="torch threads per ClientApp: 'auto' (default: usable cores // nodes on this host) or N; "
+                        "train.num_threads in the run config overrides it")
+    p.add_argument("--nodes-per-host", type=int, default=0,
+                   help="with --threads auto: divide the cores by this many nodes (default 0: count the "
+                        "pfms-client nodes running on this host)")
+    p.add_argument("--node-registry", default=None,
+                   help="folder where pfms-client nodes on this host register (default: $PFMS_NODE_REGISTRY or "
+                        "a per-user temp folder)")
     return p
 
 
@@ -57,8 +74,11 @@ def validate_data(scenario: str, data: Path, overrides: str) -> None:
           flush=True)
 
 
-def node_config(args: argparse.Namespace, data: Path) -> str:
-    items = {"scenario": args.scenario, "data-path": str(data)}
+def node_config(args: argparse.Namespace, data: Path, registry: Path | None = None) -> str:
+    items = {"scenario": args.scenario, "data-path": str(data), "threads": str(args.threads).lower(),
+             "nodes-per-host": str(args.nodes_per_host)}
+    if registry is not None:
+        items["node-registry"] = str(registry)
     if args.state_dir:
         items["state-dir"] = str(Path(args.state_dir).resolve())
     if args.checkpoint_dir:
@@ -80,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"missing certificate {args.root_certificates} (or pass --insecure)")
         if args.auth_key and not Path(args.auth_key).is_file():
             raise ValueError(f"missing node key {args.auth_key}")
+        parse_setting(args.threads)
+        if args.nodes_per_host < 0:
+            raise ValueError(f"--nodes-per-host {args.nodes_per_host}: expected an integer >= 0")
         validate_data(args.scenario, data, args.overrides)
-        config = node_config(args, data)
+        registry = Path(args.node_registry).resolve() if args.node_registry else registry_dir()
+        config = node_config(args, data, registry)
     except ValueError as exc:  # DataValidationError and ConfigError are ValueErrors
         print(f"pfms-client: {exc}", file=sys.stderr)
         return 2
@@ -97,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.auth_key:
         cmd += ["--auth-supernode-private-key", str(Path(args.auth_key).resolve())]
     env = flower_env({"FLWR_HOME": str(Path(args.flwr_home).resolve())} if args.flwr_home else None)
-    return run_foreground(cmd, env)
+    entry = register(registry)
+    try:
+        _, why = choose(args.threads, args.nodes_per_host, registry)
+        print(f"pfms-client: {args.scenario}: {why}; recounted at every message, "
+              "train.num_threads in the run config overrides it", flush=True)
+        return run_foreground(cmd, env)
+    finally:
+        unregister(entry)
 
 
 if __name__ == "__main__":

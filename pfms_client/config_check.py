@@ -40,6 +40,7 @@ SERVER_OWNED = (
     "strategy.fedamp",
     "strategy.participation",
     "server.round_timeout",
+    "server.poll_interval",
 )
 DATASET = "dataset"  # checked as a whole by DatasetSettings.from_config (see check_dataset)
 

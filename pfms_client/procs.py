@@ -23,8 +23,16 @@ def bin_dir() -> Path:
     return Path(sys.executable).parent
 
 
+# Seconds between the superexec's looks for a new ClientApp/ServerApp task (Flower's
+# default is 1 s, paid by every message of a deployed round). The user's own
+# FLWR_SUPEREXEC_TASK_POLL_INTERVAL wins.
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+TASK_POLL_INTERVAL_S = "0.1"
+
+
 def flower_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    env = {TASK_POLL_ENV: TASK_POLL_INTERVAL_S, **os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "PATH": os.pathsep.join([str(bin_dir()), os.environ.get("PATH", "")])}
     env.update(extra or {})
     return env

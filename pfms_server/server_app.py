@@ -58,6 +58,7 @@ def build_strategy(cfg: DictConfig, run_dir: Path | None, state: ServerState | N
         run_dir=run_dir,
         round_timeout=float(cfg.server.round_timeout),
         state=state,
+        poll_interval=float(cfg.server.poll_interval),
     )
 
 

@@ -1,14 +1,24 @@
 """``ScenarioStrategy``: the one Flower strategy (Message API); it runs any aggregation rule.
 
 The strategy only orchestrates: it learns which scenario each node serves (a
-``query`` message, so node ids may change across restarts), sends every node its
-own personalized tensors, checks the replies, and hands the valid ones to the
-pure aggregation rule (PF-MSMTrec's ``aggregate_round`` or a baseline's, from
-``strategy.algorithm``). All math lives in ``pfms_server.aggregation``.
+``query`` message to a node it does not know yet, so node ids may change across
+restarts), sends every node its own personalized tensors, checks the replies, and
+hands the valid ones to the pure aggregation rule (PF-MSMTrec's ``aggregate_round``
+or a baseline's, from ``strategy.algorithm``). All math lives in
+``pfms_server.aggregation``.
+
+Message schedule: when every node trains every round (``fraction_train`` 1), a
+round is one message per node. The train message of round r also asks the node to
+evaluate the model it brings, before training on it: that is the model round r-1
+ended with, so its metrics are round r-1's, exactly those a separate evaluate
+message would have returned (tests/server/test_strategy.py checks it). The last
+round is evaluated by a final evaluate message. With a sampled fraction, nodes
+that do not train still evaluate, so each round keeps its evaluate message.
 """
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -25,6 +35,7 @@ from .aggregation.pfmsmtrec import hyperparams
 from .aggregation.rules import Rule
 from .aggregation.state import Arrays, ServerState
 from .aggregation.validate import count_problems, upload_problems
+from .polling_grid import PollingGrid
 
 
 MAX_REASON_CHARS = 300  # a client's error reason is cut to this in round results
@@ -38,6 +49,21 @@ def from_record(record: ArrayRecord) -> Arrays:
     return {k: v.numpy() for k, v in record.items()}
 
 
+TIMING_FIELDS = ("start", "import", "config", "data", "model", "train", "evaluate")
+
+
+def client_seconds(server_round: int, scenario: str, phase: str, metrics: dict) -> dict:
+    """Where a client's message went (its ``time.*`` metrics, informative only) as one row of
+    client_seconds.csv; a missing or non-numeric value is empty."""
+    row: dict = {"round": server_round, "scenario": scenario, "phase": phase}
+    for name in TIMING_FIELDS:
+        value = _real(metrics.get(f"time.{name}"))
+        row[name] = round(value, 4) if np.isfinite(value) else ""
+    threads = _real(metrics.get("threads"))
+    row["threads"] = int(threads) if np.isfinite(threads) else ""
+    return row
+
+
 def _real(value: object) -> float:
     """A metric a client reported, as a float; NaN where it is not a finite real number."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
@@ -47,6 +73,10 @@ def _real(value: object) -> float:
 
 class ScenarioStrategy(Strategy):
     """Rounds over scenario nodes; the aggregation itself is ``rule`` (PF-MSMTrec or a baseline)."""
+
+    # A round's evaluation travels with the next round's train messages when every node trains;
+    # False keeps a separate evaluate message per round (the tests compare the two schedules).
+    EVAL_WITH_TRAIN = True
 
     # pylint: disable=too-many-arguments,too-many-instance-attributes
     def __init__(
@@ -64,6 +94,7 @@ class ScenarioStrategy(Strategy):
         run_dir: Path | None = None,
         round_timeout: float = 3600.0,
         state: ServerState | None = None,
+        poll_interval: float = 0.0,
     ) -> None:
         bad = [s for s in scenarios if "/" in s or not s]
         if bad or len(set(scenarios)) != len(scenarios):
@@ -80,6 +111,9 @@ class ScenarioStrategy(Strategy):
         self.run_dir = run_dir
         self.round_timeout = round_timeout
         self.state = state or ServerState()
+        self.poll_interval = poll_interval  # seconds between pulls for replies; 0 = the Grid's own
+        self.eval_with_train = fraction_train >= 1.0 and self.EVAL_WITH_TRAIN
+        self.pending_eval: int | None = None  # the round the train messages out now also evaluate
         # Flower's start() numbers rounds from 1; a resumed run goes on from the
         # checkpoint's round, so every hook adds this offset.
         self.round_offset = self.state.round
@@ -87,10 +121,20 @@ class ScenarioStrategy(Strategy):
         self.sent: dict[int, tuple[str, Arrays]] = {}
         self.rows: list[dict] = []
         self.train_log: list[dict] = []
+        self.timings: list[dict] = []  # client_seconds.csv: where each client message's seconds went
         # One entry per train phase of this process: aggregated or not, and why (summary.json "rounds_log").
         self.round_results: list[dict] = []
 
     # -- helpers -------------------------------------------------------------------
+    def _grid(self, grid: Grid) -> Grid:
+        if self.poll_interval > 0 and not isinstance(grid, PollingGrid):
+            return PollingGrid(grid, self.poll_interval)
+        return grid
+
+    def start(self, grid: Grid, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        """Flower's round loop, with replies pulled every ``poll_interval`` seconds."""
+        return super().start(self._grid(grid), *args, **kwargs)
+
     def summary(self) -> None:
         log(INFO, "\t├──> %s over scenarios %s", self.rule.name, self.scenarios)
         log(INFO, "\t├── %s", self.rule.description)
@@ -174,7 +218,13 @@ class ScenarioStrategy(Strategy):
             log(WARNING, "round %d: no node returned initial tensors; nothing to train", server_round)
             return []
         log(INFO, "configure_train: %d nodes (%s)", len(mapping), ", ".join(sorted(mapping.values())))
-        return self._messages(mapping, MessageType.TRAIN, {**dict(config), "server-round": server_round})
+        cfg = {**dict(config), "server-round": server_round}
+        previous = server_round - 1
+        self.pending_eval = None
+        if self.eval_with_train and self.eval_due(previous) and previous not in {r["round"] for r in self.rows}:
+            cfg["evaluate-splits"] = self.eval_splits  # round r-1's evaluation travels with round r's training
+            self.pending_eval = previous
+        return self._messages(mapping, MessageType.TRAIN, cfg)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -185,6 +235,7 @@ class ScenarioStrategy(Strategy):
         metrics: dict[str, dict] = {}
         sizes: dict[str, int] = {}  # bytes of tensor data each client uploaded
         dropped: list[str] = []
+        evaluated: list[dict] = []
         why: dict[str, str] = {}  # scenario (or "node <id>") -> why its reply was not used
         received = 0
         for msg in replies:
@@ -192,6 +243,8 @@ class ScenarioStrategy(Strategy):
             if (scenario := self._reply_scenario(msg, server_round, "training")) is None:
                 why[self._reply_label(msg)] = self._reply_problem(msg)
                 continue
+            if self.pending_eval is not None:  # the previous round's metrics, whatever the tensors are
+                evaluated += self._eval_rows(msg, self.pending_eval, scenario)
             node = msg.metadata.src_node_id
             problems, arrays, count = self._check_reply(msg, self.sent[node][1])
             if problems:
@@ -205,6 +258,10 @@ class ScenarioStrategy(Strategy):
             counts[scenario] = count
             reported = msg.content["metrics"]  # informative only: never trusted to be numbers
             metrics[scenario] = {k: _real(reported.get(k)) for k in ("train_bce", "samples_per_s")}
+            self._record_seconds(server_round, scenario, "train", dict(reported))
+        if self.pending_eval is not None:
+            self._record_evaluation(self.pending_eval, evaluated)
+            self.pending_eval = None
         silent = sorted({sc for sc, _ in self.sent.values()} - set(uploads) - set(dropped))
         if silent:
             log(WARNING, "round %d: no usable reply from %s", server_round, ", ".join(silent))
@@ -311,11 +368,30 @@ class ScenarioStrategy(Strategy):
             problems.append(f"num-examples {value!r} is less than one sample")
         return problems, arrays, count
 
+    def _record_seconds(self, server_round: int, scenario: str, phase: str, metrics: dict) -> None:
+        if not any(k.startswith("time.") for k in metrics):
+            return
+        row = client_seconds(server_round, scenario, phase, metrics)
+        self.timings.append(row)
+        if self.run_dir is not None:
+            path = self.run_dir / "client_seconds.csv"
+            new = not path.exists()
+            with path.open("a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+
     # -- evaluation ----------------------------------------------------------------
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.round_offset
+        if self.eval_with_train and server_round < self.num_rounds:
+            return []  # evaluated by the next round's train messages
+        return self._evaluate_messages(server_round, config, grid)
+
+    def _evaluate_messages(self, server_round: int, config: ConfigRecord, grid: Grid) -> list[Message]:
         if not self.eval_due(server_round) or self.state.init is None:
             return []
         mapping = self._resolve(grid, sorted(grid.get_node_ids()))
@@ -330,8 +406,9 @@ class ScenarioStrategy(Strategy):
     def evaluate_round(self, grid: Grid, server_round: int) -> None:
         """Evaluate one round outside Flower's loop: a resumed run whose checkpointed
         round was aggregated but not evaluated before the server stopped."""
+        grid = self._grid(grid)
         self._wait_for_nodes(grid)
-        messages = list(self.configure_evaluate(server_round - self.round_offset, ArrayRecord(), ConfigRecord(), grid))
+        messages = self._evaluate_messages(server_round, ConfigRecord(), grid)
         if messages:
             replies = grid.send_and_receive(messages, timeout=self.round_timeout)
             self.aggregate_evaluate(server_round - self.round_offset, replies)
@@ -342,10 +419,20 @@ class ScenarioStrategy(Strategy):
         for msg in replies:
             if (scenario := self._reply_scenario(msg, server_round, "evaluation")) is None:
                 continue
-            if "metrics" not in msg.content:
-                log(WARNING, "round %d: evaluation reply for %s lacks metrics; dropped", server_round, scenario)
-                continue
-            rows += report.rows_from_metrics(server_round, scenario, dict(msg.content["metrics"]))
+            rows += self._eval_rows(msg, server_round, scenario)
+            if "metrics" in msg.content:
+                self._record_seconds(server_round, scenario, "evaluate", dict(msg.content["metrics"]))
+        return self._record_evaluation(server_round, rows)
+
+    @staticmethod
+    def _eval_rows(msg: Message, server_round: int, scenario: str) -> list[dict]:
+        if "metrics" not in msg.content:
+            log(WARNING, "round %d: evaluation reply for %s lacks metrics; dropped", server_round, scenario)
+            return []
+        return report.rows_from_metrics(server_round, scenario, dict(msg.content["metrics"]))
+
+    def _record_evaluation(self, server_round: int, rows: list[dict]) -> MetricRecord | None:
+        """Keep, write and log one round's evaluation rows; their means as a MetricRecord."""
         if not rows:
             return None
         self.rows += rows

@@ -9,7 +9,9 @@ the same folder at once:
   temp folder beside it (``staged_folder``) and renamed into place;
 * a single scenario file (Tenrec layout, ``{root}/{scenario}.csv``) gets a
   ``.meta.json`` sidecar; both are written to temp names and renamed, the
-  sidecar first, so an existing CSV always has its meta (``publish_scenario_file``);
+  sidecar first, so an existing CSV always has its meta (``publish_scenario_file``
+  for columns in memory, ``publish_scenario_stream`` for blocks appended as they
+  are made, with the meta computed after the last one);
 * either way the scenario's meta is merged into ``{root}/meta.json`` under a
   file lock (``update_index``).
 """
@@ -21,14 +23,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .csv_writer import write_csv
+from .csv_writer import CsvWriter
 from .errors import DataValidationError
 
 META_FILE = "meta.json"
@@ -51,16 +53,39 @@ def publish_scenario_file(
     meta: dict[str, Any],
     scenario: str,
 ) -> None:
-    """Write meta then CSV under temp names, rename each into place, index in ``meta.json``."""
+    """Write one scenario's columns and meta (``publish_scenario_stream`` with one block)."""
+    publish_scenario_stream(csv_path, header, decimals, [columns], lambda: meta, scenario)
+
+
+def publish_scenario_stream(
+    csv_path: Path,
+    header: Sequence[str],
+    decimals: Sequence[int | None],
+    blocks: Iterable[Sequence[np.ndarray]],
+    meta_of: Callable[[], dict[str, Any]],
+    scenario: str,
+) -> dict[str, Any]:
+    """Append ``blocks`` of columns to a temp CSV, then publish meta and CSV; returns the meta.
+
+    ``meta_of`` is called after the last block (a streaming generator knows its
+    statistics only then). The sidecar is renamed into place before the CSV, so
+    an existing CSV always has its meta; an error on the way (a crash, a full
+    disk) leaves the temp file removed and any earlier CSV untouched.
+    """
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(sidecar_path(csv_path), meta)  # atomic (temp file + rename)
     tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
     try:
-        write_csv(tmp, header, columns, decimals)
+        with open(tmp, "wb") as fh:
+            writer = CsvWriter(fh, header, decimals)
+            for columns in blocks:
+                writer.write(columns)
+        meta = meta_of()
+        write_json(sidecar_path(csv_path), meta)  # atomic (temp file + rename)
         os.replace(tmp, csv_path)
     finally:
         tmp.unlink(missing_ok=True)
     update_index(csv_path.parent, scenario, meta)
+    return meta
 
 
 def check_made_with(csv_path: Path, params: dict[str, Any], remedy: str) -> None:

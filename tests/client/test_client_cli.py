@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pfms_client import client_cli
+from pfms_client import client_cli, threads
 from pfms_client.data.synthetic.aliexpress import generate_scenario
 from pfms_client.procs import free_port
 
@@ -26,6 +26,14 @@ def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("client_data")
     generate_scenario(root, "NL", rows_train=200, rows_test=100)
     return root
+
+
+@pytest.fixture(autouse=True)
+def registry(monkeypatch, tmp_path) -> Path:
+    """Every test: nodes register in a private folder, not the user's."""
+    folder = tmp_path / "nodes"
+    monkeypatch.setenv(threads.REGISTRY_ENV, str(folder))
+    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -184,7 +192,8 @@ def test_insecure_warns_and_runs_an_insecure_supernode(dataset, tmp_path, capsys
     assert cmd[cmd.index("--superlink") + 1] == listening
     assert "--insecure" in cmd and "--root-certificates" not in cmd
     assert cmd[cmd.index("--port") + 1] == "9876"
-    assert _node_config(cmd) == (f'scenario="NL" data-path="{dataset.resolve()}" '
+    assert _node_config(cmd) == (f'scenario="NL" data-path="{dataset.resolve()}" threads="auto" '
+                                 f'nodes-per-host="0" node-registry="{tmp_path / "nodes"}" '
                                  f'state-dir="{(tmp_path / "state").resolve()}"')
     assert env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
 
@@ -201,4 +210,89 @@ def test_tls_and_node_auth_pass_their_files_and_do_not_warn(dataset, tmp_path, c
     assert "--insecure" not in cmd
     assert cmd[cmd.index("--root-certificates") + 1] == str(cert.resolve())
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(key.resolve())
-    assert _node_config(cmd) == f'scenario="NL" data-path="{dataset.resolve()}"'
+    assert _node_config(cmd) == (f'scenario="NL" data-path="{dataset.resolve()}" threads="auto" '
+                                 f'nodes-per-host="0" node-registry="{tmp_path / "nodes"}"')
+
+
+# -- torch threads: the host's cores shared among its nodes ---------------------------------
+def test_threads_option_goes_into_node_config_and_is_logged_in_one_line(dataset, capsys, listening, no_supernode,
+                                                                        registry):
+    code, out, _ = run(capsys, "--scenario", "NL", "--data", str(dataset), "--superlink", listening, "--insecure",
+                       "--threads", "3")
+    assert code == 0
+    assert 'threads="3"' in _node_config(no_supernode[0][0])
+    [line] = [ln for ln in out.splitlines() if "torch threads" in ln]
+    assert line.startswith("pfms-client: NL: torch threads 3 (set with --threads)")
+    assert list(registry.iterdir()) == []  # the node's entry is gone when pfms-client ends
+
+
+def test_auto_threads_divide_the_usable_cores_by_the_nodes_per_host(dataset, capsys, listening, no_supernode):
+    code, out, _ = run(capsys, "--scenario", "NL", "--data", str(dataset), "--superlink", listening, "--insecure",
+                       "--nodes-per-host", "2")
+    assert code == 0
+    cores = threads.usable_cores()
+    assert f"torch threads {max(1, cores // 2)} = {cores} usable cores // 2 node(s) on this host" in out
+    assert 'nodes-per-host="2"' in _node_config(no_supernode[0][0])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--threads", "0"), "pfms-client: --threads '0': expected 'auto' or an integer >= 1"),
+    (("--threads", "many"), "pfms-client: --threads 'many': expected 'auto' or an integer >= 1"),
+    (("--nodes-per-host", "-1"), "pfms-client: --nodes-per-host -1: expected an integer >= 0"),
+])
+def test_bad_thread_settings_exit_2_in_one_line(dataset, capsys, no_supernode, argv, message):
+    code, _, err = run(capsys, "--scenario", "NL", "--data", str(dataset), "--superlink", NOBODY, "--insecure", *argv)
+    assert code == 2 and one_line(err) == message
+    assert not no_supernode
+
+
+def test_registry_counts_live_nodes_only(tmp_path):
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    reg = tmp_path / "reg"
+    assert threads.live_nodes(reg) == 1  # no folder yet: this node alone
+    mine = threads.register(reg)
+    (reg / "999999999").write_text("12345")  # a pid that does not exist
+    (reg / "1").write_text("not-its-start-time")  # a live pid whose start time differs: a reused pid
+    (reg / "notes.txt").write_text("x")
+    assert threads.live_nodes(reg) == 1
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        threads.register(reg, child.pid)
+        assert threads.live_nodes(reg) == 2
+        cores = threads.usable_cores()
+        assert threads.choose("auto", 0, reg)[0] == max(1, cores // 2)
+    finally:
+        child.kill()
+        child.wait()
+    assert threads.live_nodes(reg) == 1  # the dead child no longer counts
+    threads.unregister(mine)
+    threads.unregister(mine)  # twice is fine
+    assert threads.choose("auto", 0, reg)[0] == cores
+    assert threads.choose("2", 5, reg) == (2, "torch threads 2 (set with --threads)")
+
+
+def test_clientapp_takes_its_share_unless_the_run_config_sets_num_threads(tmp_path):
+    """The ClientApp applies the node's share at every message; train.num_threads wins."""
+    import torch  # noqa: PLC0415
+    from flwr.app import Context, RecordDict  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from pfms_client.client_app import torch_threads  # noqa: PLC0415
+
+    before = torch.get_num_threads()
+    reg = tmp_path / "reg"
+    threads.register(reg)
+    node = {"threads": "auto", "nodes-per-host": "0", "node-registry": str(reg)}
+    ctx = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
+    try:
+        assert torch_threads(ctx, OmegaConf.create({"train": {"num_threads": None}})) == threads.usable_cores()
+        assert torch.get_num_threads() == threads.usable_cores()
+        assert torch_threads(ctx, OmegaConf.create({"train": {"num_threads": 1}})) == 1
+        assert torch.get_num_threads() == 1
+        plain = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+        assert torch_threads(plain, OmegaConf.create({"train": {"num_threads": None}})) is None  # simulation
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

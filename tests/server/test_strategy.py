@@ -1,13 +1,16 @@
 """The Strategy's orchestration: bad replies are dropped, scenarios survive node restarts."""
 
 import logging
+import time
 
 import numpy as np
-from flwr.app import Array
+import pytest
+from flwr.app import Array, ConfigRecord, Message, MessageType, RecordDict
 
 from conftest import inprocess_overrides, run_inprocess
 from pfms_client.client_app import Session
 from pfms_server.experiments.inprocess import InProcessGrid
+from pfms_server.polling_grid import PollingGrid
 from pfms_server.strategy import ScenarioStrategy
 
 
@@ -62,14 +65,14 @@ def test_nan_reply_is_dropped_and_state_is_unchanged(pfms_home, tmp_path, caplog
 
 
 class RestartGrid(InProcessGrid):
-    """After round 1, the FR node goes away and comes back under a new node id."""
+    """After round 1's training, the FR node goes away and comes back under a new node id."""
 
     calls = 0
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         replies = super().send_and_receive(messages, timeout=timeout)
-        if messages and messages[0].metadata.message_type == "evaluate":
+        if messages and messages[0].metadata.message_type == "train":
             RestartGrid.calls += 1
             if RestartGrid.calls == 1:
                 old = next(n for n, c in self.contexts.items() if c.node_config["partition-id"] == 2)
@@ -137,3 +140,104 @@ def test_partial_participation_trains_a_sample_and_evaluates_everybody(pfms_home
         per_round.setdefault(r["round"], set()).add(r["scenario"])
     assert [len(per_round[k]) for k in (1, 2)] == [2, 2]
     assert {r["scenario"] for r in summary["final"]} == {"NL", "ES", "FR", "US"}
+
+
+class CountingGrid(InProcessGrid):
+    """Counts the messages of each type the server sends, per call of send_and_receive."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sent: list[tuple[str, int]] = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if messages:
+            self.sent.append((messages[0].metadata.message_type, len(messages)))
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+@pytest.mark.parametrize("extra", [
+    ("strategy=pfmsmtrec", "eval.splits=[val,test]"),
+    ("strategy=ditto", "eval.splits=[val]"),  # Ditto evaluates its personal model
+    ("strategy=fedavg", "eval.every=2", "eval.splits=[train,test]"),
+])
+def test_one_message_per_round_gives_the_metrics_of_separate_evaluate_messages(pfms_home, tmp_path, monkeypatch,
+                                                                               extra):
+    """Each train message also evaluates the model it brings (the previous round's); one final
+    evaluate message ends the run. The metrics, the summary and the trained state equal those of
+    the schedule with a separate evaluate message per round, number for number."""
+    overrides = inprocess_overrides(pfms_home, "num_rounds=3", "train.num_threads=1", "server.plot=false",
+                                    "dataset.generator.rows_train=1500", "dataset.generator.rows_test=800", *extra)
+    runs = {}
+    for merged in (False, True):
+        monkeypatch.setattr(ScenarioStrategy, "EVAL_WITH_TRAIN", merged)
+        runs[merged] = run_inprocess(overrides, tmp_path / f"merged-{merged}", CountingGrid)
+    (g_sep, s_sep, sum_sep), (g_one, s_one, sum_one) = runs[False], runs[True]
+    every2 = "eval.every=2" in extra
+    assert g_one.sent == [("query", 4), ("train", 4), ("train", 4), ("train", 4), ("evaluate", 4)]
+    evals = [("evaluate", 4)] if not every2 else []
+    assert g_sep.sent == [("query", 4), ("train", 4), *evals, ("train", 4), ("evaluate", 4), ("train", 4),
+                          ("evaluate", 4)]
+    key = lambda r: (r["round"], r["scenario"], r["split"], r["task"])  # noqa: E731
+    assert sorted(s_one.rows, key=key) == sorted(s_sep.rows, key=key)
+    assert {r["round"] for r in s_one.rows} == ({2, 3} if every2 else {1, 2, 3})
+    for k in ("final", "val_mean_auc", "test_mean_auc", "best_val_round", "hyperparams"):
+        assert sum_one.get(k) == sum_sep.get(k), k
+    for scenario in s_sep.scenarios:
+        one, sep = s_one.state.arrays_for(scenario), s_sep.state.arrays_for(scenario)
+        for name in sep:
+            np.testing.assert_array_equal(one[name], sep[name], err_msg=name)
+    assert (tmp_path / "merged-True" / "metrics.csv").read_text().count("\n") == len(s_one.rows) + 1
+
+
+def test_sampled_training_keeps_an_evaluate_message_per_round(pfms_home, tmp_path):
+    """With fraction_train < 1 the nodes that do not train must still evaluate: no merging."""
+    grid, _, _ = run_inprocess(
+        inprocess_overrides(pfms_home, "num_rounds=2", "eval.splits=[val]", "strategy.participation.fraction_train=0.5",
+                            "strategy.participation.min_train_nodes=2"), tmp_path / "r", CountingGrid)
+    assert [(t, n) for t, n in grid.sent if t != "query"] == [("train", 2), ("evaluate", 4), ("train", 2),
+                                                              ("evaluate", 4)]
+
+
+class FakeLinkGrid(InProcessGrid):
+    """push/pull like a deployed Grid: each reply becomes visible only after ``delay`` pulls."""
+
+    def __init__(self, delay: int):
+        super().__init__(lambda m, c: Message(RecordDict({"config": ConfigRecord({"ok": 1})}), reply_to=m), [{}, {}])
+        self.delay, self.pulls, self.out = delay, 0, {}
+
+    def push_messages(self, messages):
+        ids = []
+        for i, m in enumerate(messages):
+            ids.append(f"m{i}")
+            self.out[f"m{i}"] = Message(RecordDict(), reply_to=m)
+            self.out[f"m{i}"].metadata.__dict__["_reply_to_message_id"] = f"m{i}"
+        return ids
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        return [self.out.pop(i) for i in list(message_ids) if i in self.out] if self.pulls > self.delay else []
+
+
+def _messages(n):
+    return [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=1001 + i) for i in range(n)]
+
+
+def test_polling_grid_pulls_every_interval_until_all_replies_are_in():
+    inner = FakeLinkGrid(delay=3)
+    t0 = time.perf_counter()
+    replies = list(PollingGrid(inner, 0.05).send_and_receive(_messages(2), timeout=10))
+    waited = time.perf_counter() - t0
+    assert len(replies) == 2 and inner.pulls == 4  # three empty pulls, then both replies
+    assert 0.15 <= waited < 1.5  # three waits of 0.05 s, not Flower's 3 s each
+
+
+def test_polling_grid_stops_at_the_timeout_and_falls_back_without_push():
+    inner = FakeLinkGrid(delay=10**6)
+    t0 = time.perf_counter()
+    assert list(PollingGrid(inner, 0.05).send_and_receive(_messages(1), timeout=0.3)) == []
+    assert 0.3 <= time.perf_counter() - t0 < 2
+    plain = InProcessGrid(lambda m, c: Message(RecordDict(), reply_to=m), [{}, {}])  # no push/pull: its own loop
+    assert len(list(PollingGrid(plain, 0.05).send_and_receive(_messages(2), timeout=1))) == 2
+    with pytest.raises(ValueError, match="poll_interval"):
+        PollingGrid(plain, 0)

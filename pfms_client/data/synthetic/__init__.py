@@ -4,7 +4,9 @@
 ``tenrec`` (one CSV per scenario plus a meta sidecar) each simulate scenarios
 (pure numpy) and write them atomically; ``params`` holds both generators' knobs
 (the ``dataset.generator`` node), ``stats`` what both share (random streams,
-label calibration, oracle AUC) and ``cli`` is ``pfms-generate``. A run never
+label calibration, oracle AUC), ``progress`` the progress line of big runs and
+``cli`` is ``pfms-generate``. Both generators stream: ``simulate_blocks`` /
+``simulate_tenrec_blocks`` yield the rows a block at a time. A run never
 calls them directly: ``pfms_client.data.load_scenario`` generates a missing
 configured scenario. Names below are imported on first use.
 """
@@ -21,9 +23,11 @@ _EXPORTS = {
     "generate": "aliexpress",
     "generate_scenario": "aliexpress",
     "simulate_scenario": "aliexpress",
+    "simulate_blocks": "aliexpress",
     "ensure_aliexpress_generated": "aliexpress",
     "generate_tenrec": "tenrec",
     "simulate_tenrec_scenario": "tenrec",
+    "simulate_tenrec_blocks": "tenrec",
     "ensure_tenrec_generated": "tenrec",
 }
 

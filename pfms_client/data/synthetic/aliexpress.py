@@ -24,6 +24,15 @@ everything per scenario from ``(seed, crc32(scenario name))``, so one scenario
 generated alone is identical to the same scenario in a full run, whatever the
 list of scenarios is.
 
+Streaming: rows are simulated ``BLOCK_ROWS`` at a time (``simulate_blocks``) and
+appended to the CSVs as they come, so memory stays that of one block (about 0.3
+GiB) at any row count; the meta's rates are running counts and its oracle AUCs
+``StreamingAUC``s. Block 0 keeps the draw order of the original whole-array
+generator (the scenario's own parameters drawn between its rows, label biases
+calibrated on its logits), so scenarios of up to ``BLOCK_ROWS`` rows, the
+project's default ones among them, are byte-identical to what it wrote; block
+b >= 1 has its own stream ``(seed, scenario, b)``.
+
 On disk: ``{out}/{scenario}/train.csv``, ``test.csv`` and ``meta.json`` (params,
 target and measured rates, oracle AUCs), plus ``{out}/meta.json`` indexing all
 scenarios present. A scenario folder is built in a temp dir and renamed into
@@ -35,18 +44,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..csv_writer import write_csv
+from ..csv_writer import CsvWriter
 from ..errors import DataValidationError
 from ..files import META_FILE, RATE_DIGITS, staged_folder, update_index, write_json
 from .params import GeneratorParams
-from .stats import calibrate, oracle_auc, scenario_key, sigmoid
+from .progress import Progress
+from .stats import AUC_BINS, AUC_EXACT_ROWS, StreamingAUC, calibrate, scenario_key, sigmoid
 
 if TYPE_CHECKING:
     from ..settings import DatasetSettings
@@ -60,8 +70,15 @@ NUMERICAL = tuple(f"numerical_{i}" for i in range(1, NUM_NUMERICAL + 1))
 LABELS = ("click", "conversion")
 COLUMNS = (ID_COLUMN, *CATEGORICAL, *NUMERICAL, *LABELS)
 
+# Rows are simulated and written BLOCK_ROWS at a time, each block from its own random
+# stream (see simulate_blocks): a fixed part of the data, not a tuning knob. It is
+# above every size the project's configs use (docs/results.md: 90,000 rows), so
+# those scenarios are byte-identical to the ones made before streaming, and small
+# enough that one block stays well under 1 GiB of memory.
+BLOCK_ROWS = 100_000
 _SHARED_STREAM = 0  # rng stream tags, so shared and per-scenario draws never collide
-_SCENARIO_STREAM = 1
+_SCENARIO_STREAM = 1  # block 0 (and the scenario's own parameters)
+_BLOCK_STREAM = 2  # blocks 1, 2, ...
 _FIELD_WEIGHT_RANGE = (0.2, 1.0)  # relative importance of the id fields (then normalised)
 _SEARCH_ID_BASE_MAX = 10**9  # search ids start at a random per-scenario base below this
 
@@ -86,11 +103,11 @@ class _Shared:
 
 @dataclass(frozen=True)
 class ScenarioArrays:
-    """One scenario's generated rows (train rows first, then test rows)."""
+    """Generated rows of one scenario, or of one block of it (train rows first, then test rows)."""
 
     scenario: str
     columns: dict[str, np.ndarray]  # keyed by COLUMNS, in that order
-    rows_train: int
+    rows_train: int  # how many of these rows are train rows
     targets: dict[str, float]  # the calibrated expected rates
     probabilities: dict[str, np.ndarray]  # true P(task) per row, for oracle AUCs in meta.json
 
@@ -102,47 +119,148 @@ class ScenarioArrays:
         return {k: v[sl] for k, v in (self.columns if arrays is None else arrays).items()}
 
 
-def simulate_scenario(scenario: str, params: GeneratorParams) -> ScenarioArrays:
-    """Generate all rows of one scenario, deterministic in ``(params, scenario)``."""
-    shared = _shared_structure(params)
-    rng = np.random.default_rng([params.seed, _SCENARIO_STREAM, scenario_key(scenario)])
-    n = params.rows_train + params.rows_test
-    dn, nf = NUM_NUMERICAL, NUM_CATEGORICAL
+@dataclass(frozen=True)
+class _IdWindow:
+    """A scenario's Zipf-popular window of one field's shared id space."""
 
-    # Per-scenario parameters, always drawn in this order.
-    ctr = rng.uniform(*params.ctr_range)
-    ctcvr = rng.uniform(*params.ctcvr_range)
-    mean_shift = rng.normal(0.0, params.num_mean_shift, dn)
-    scale = np.exp(rng.normal(0.0, params.num_scale_shift, dn))
-    zero_prob = rng.uniform(0.0, params.zero_fraction_max, dn)
-    w_click_s = _unit_direction(rng.normal(size=dn), shared.cov)
-    w_conv_s = _unit_direction(rng.normal(size=dn), shared.cov)
-    site_code = int(rng.integers(1, params.site_code_max + 1))
+    id_of_rank: np.ndarray  # [width] the id at each popularity rank
+    popularity: np.ndarray  # [width] probabilities, decreasing
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, vocab: int, params: GeneratorParams) -> _IdWindow:
+        width = max(1, int(np.ceil(params.id_window * vocab)))
+        offset = int(rng.integers(0, vocab - width + 1))
+        exponent = rng.uniform(*params.zipf_range)
+        popularity = np.arange(1, width + 1, dtype=np.float64) ** -exponent
+        popularity /= popularity.sum()
+        return cls(offset + rng.permutation(width), popularity)
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return self.id_of_rank[rng.choice(len(self.popularity), size=n, p=self.popularity)]
+
+
+@dataclass
+class _Scenario:
+    """One scenario's own parameters: drawn once, in block 0, then used by every block."""
+
+    ctr: float
+    ctcvr: float
+    mean_shift: np.ndarray  # [Dn]
+    scale: np.ndarray  # [Dn]
+    zero_prob: np.ndarray  # [Dn]
+    w_click: np.ndarray  # [Dn]
+    w_conv: np.ndarray  # [Dn]
+    site_code: int
+    windows: list[_IdWindow] = field(default_factory=list)  # fields 2..F
+    effect_click: list[np.ndarray] = field(default_factory=list)  # fields 2..F, [vocab]
+    effect_conv: list[np.ndarray] = field(default_factory=list)
+    click_bias: float = 0.0  # calibrated on block 0
+    conv_bias: float = 0.0
+    next_search_id: int = 0  # the id the next new search gets
+
+
+def simulate_scenario(scenario: str, params: GeneratorParams) -> ScenarioArrays:
+    """All rows of one scenario in memory (the blocks of ``simulate_blocks``, joined)."""
+    blocks = list(simulate_blocks(scenario, params))
+    return ScenarioArrays(
+        scenario=scenario,
+        columns={c: np.concatenate([b.columns[c] for b in blocks]) for c in COLUMNS},
+        rows_train=params.rows_train,
+        targets=blocks[0].targets,
+        probabilities={
+            k: np.concatenate([b.probabilities[k] for b in blocks]) for k in ("click", "conversion")
+        },
+    )
+
+
+def simulate_blocks(scenario: str, params: GeneratorParams) -> Iterator[ScenarioArrays]:
+    """The rows of one scenario, ``BLOCK_ROWS`` at a time; deterministic in ``(params, scenario)``.
+
+    Block 0 draws from the scenario's stream ``(seed, scenario)``: its rows and, in
+    between, the scenario's own parameters (shift, id windows, id effects, search id
+    base), in the order of the original whole-array generator, and it calibrates the
+    label biases on its own logits; so a scenario of up to ``BLOCK_ROWS`` rows is the
+    one that generator made. Block b >= 1 draws only its rows, from the stream
+    ``(seed, scenario, b)``. The block size is therefore part of the data (a
+    different size would give other rows), which is why it is a constant.
+    """
+    shared = _shared_structure(params)
+    key = scenario_key(scenario)
+    n_total = params.rows_train + params.rows_test
+    scen: _Scenario | None = None
+    for b, start in enumerate(range(0, n_total, BLOCK_ROWS)):
+        n = min(BLOCK_ROWS, n_total - start)
+        if b == 0:
+            rng = np.random.default_rng([params.seed, _SCENARIO_STREAM, key])
+        else:
+            rng = np.random.default_rng([params.seed, _BLOCK_STREAM, key, b])
+        block, scen = _simulate_block(rng, n, shared, params, scen)
+        yield ScenarioArrays(
+            scenario=scenario,
+            columns=block[0],
+            rows_train=min(n, max(0, params.rows_train - start)),
+            targets={"ctr": float(scen.ctr), "ctcvr": float(scen.ctcvr)},
+            probabilities=block[1],
+        )
+
+
+def _simulate_block(
+    rng: np.random.Generator,
+    n: int,
+    shared: _Shared,
+    params: GeneratorParams,
+    scen: _Scenario | None,
+) -> tuple[tuple[dict[str, np.ndarray], dict[str, np.ndarray]], _Scenario]:
+    """``n`` rows; with ``scen`` None (block 0) the scenario's parameters are drawn too."""
+    dn, nf = NUM_NUMERICAL, NUM_CATEGORICAL
+    first = scen is None
+    if scen is None:  # per-scenario parameters, always drawn in this order
+        scen = _Scenario(
+            ctr=rng.uniform(*params.ctr_range),
+            ctcvr=rng.uniform(*params.ctcvr_range),
+            mean_shift=rng.normal(0.0, params.num_mean_shift, dn),
+            scale=np.exp(rng.normal(0.0, params.num_scale_shift, dn)),
+            zero_prob=rng.uniform(0.0, params.zero_fraction_max, dn),
+            w_click=_unit_direction(rng.normal(size=dn), shared.cov),
+            w_conv=_unit_direction(rng.normal(size=dn), shared.cov),
+            site_code=int(rng.integers(1, params.site_code_max + 1)),
+        )
 
     # Numerical features: u is the latent value the labels see (0 where missing).
     factors = rng.normal(size=(n, params.num_factors))
     noise = rng.normal(size=(n, dn))
     latent = factors @ shared.loadings.T + noise * shared.uniqueness
-    z = mean_shift + scale * latent
-    present = rng.random((n, dn)) >= zero_prob
+    del factors, noise
+    z = scen.mean_shift + scen.scale * latent
+    del latent
+    present = rng.random((n, dn)) >= scen.zero_prob
     u = np.where(present, z, 0.0)
     x_num = np.where(present, 1.0 / (1.0 + np.exp(-z)), 0.0)
+    del z, present
 
     # Categorical ids and their label effects.
     x_cat = np.empty((n, nf), dtype=np.int64)
-    x_cat[:, 0] = site_code
+    x_cat[:, 0] = scen.site_code
     id_click = np.zeros(n)
     id_conv = np.zeros(n)
     rho = params.id_shared_fraction
     for f in range(1, nf):
-        ids = _sample_ids(rng, int(shared.vocab[f]), n, params)
+        vocab = int(shared.vocab[f])
+        if first:
+            scen.windows.append(_IdWindow.draw(rng, vocab, params))
+        ids = scen.windows[f - 1].sample(rng, n)
         x_cat[:, f] = ids
-        local_click = rng.normal(size=int(shared.vocab[f]))
-        local_conv = rng.normal(size=int(shared.vocab[f]))
-        eff_click = np.sqrt(rho) * shared.id_effect_click[f] + np.sqrt(1 - rho) * local_click
-        eff_conv = np.sqrt(rho) * shared.id_effect_conv[f] + np.sqrt(1 - rho) * local_conv
-        id_click += shared.field_weight_click[f] * eff_click[ids]
-        id_conv += shared.field_weight_conv[f] * eff_conv[ids]
+        if first:
+            local_click = rng.normal(size=vocab)
+            local_conv = rng.normal(size=vocab)
+            scen.effect_click.append(
+                np.sqrt(rho) * shared.id_effect_click[f] + np.sqrt(1 - rho) * local_click
+            )
+            scen.effect_conv.append(
+                np.sqrt(rho) * shared.id_effect_conv[f] + np.sqrt(1 - rho) * local_conv
+            )
+        id_click += shared.field_weight_click[f] * scen.effect_click[f - 1][ids]
+        id_conv += shared.field_weight_conv[f] * scen.effect_conv[f - 1][ids]
 
     # Label logits (without bias), each part scaled to its configured std.
     shared_part = u @ shared.w_shared
@@ -150,37 +268,39 @@ def simulate_scenario(scenario: str, params: GeneratorParams) -> ScenarioArrays:
     inter /= np.sqrt(len(shared.pair_signs))
     click_logit = (
         params.click_shared * shared_part
-        + params.click_scenario * (u @ w_click_s)
+        + params.click_scenario * (u @ scen.w_click)
         + params.click_interactions * inter
         + params.click_ids * id_click
     )
     conv_logit = (
         params.conv_shared * shared_part
         + params.conv_task * (u @ shared.w_conv)
-        + params.conv_scenario * (u @ w_conv_s)
+        + params.conv_scenario * (u @ scen.w_conv)
         + params.conv_ids * id_conv
     )
-    p_click = sigmoid(click_logit + calibrate(click_logit, ctr))
-    p_conv = sigmoid(conv_logit + calibrate(conv_logit, ctcvr, weight=p_click))
+    del u
+    if first:
+        scen.click_bias = calibrate(click_logit, scen.ctr)
+    p_click = sigmoid(click_logit + scen.click_bias)
+    if first:
+        scen.conv_bias = calibrate(conv_logit, scen.ctcvr, weight=p_click)
+    p_conv = sigmoid(conv_logit + scen.conv_bias)
     click = rng.random(n) < p_click
     conversion = click & (rng.random(n) < p_conv)
 
     new_search = rng.random(n) < 1.0 / params.search_group_mean
-    new_search[0] = True
-    search_id = np.cumsum(new_search) - 1 + int(rng.integers(0, _SEARCH_ID_BASE_MAX))
+    if first:
+        new_search[0] = True
+        scen.next_search_id = int(rng.integers(0, _SEARCH_ID_BASE_MAX))
+    search_id = np.cumsum(new_search) - 1 + scen.next_search_id
+    scen.next_search_id = int(search_id[-1]) + 1 if n else scen.next_search_id
 
     columns: dict[str, np.ndarray] = {ID_COLUMN: search_id}
     columns.update({name: x_cat[:, i] for i, name in enumerate(CATEGORICAL)})
     columns.update({name: x_num[:, i] for i, name in enumerate(NUMERICAL)})
     columns["click"] = click.astype(np.int64)
     columns["conversion"] = conversion.astype(np.int64)
-    return ScenarioArrays(
-        scenario=scenario,
-        columns=columns,
-        rows_train=params.rows_train,
-        targets={"ctr": float(ctr), "ctcvr": float(ctcvr)},
-        probabilities={"click": p_click, "conversion": p_click * p_conv},
-    )
+    return (columns, {"click": p_click, "conversion": p_click * p_conv}), scen
 
 
 def _shared_structure(params: GeneratorParams) -> _Shared:
@@ -228,19 +348,6 @@ def _shared_structure(params: GeneratorParams) -> _Shared:
 def _unit_direction(w: np.ndarray, cov: np.ndarray) -> np.ndarray:
     """Scale ``w`` so that w.latent has unit variance under the shared correlation ``cov``."""
     return w / np.sqrt(w @ cov @ w)
-
-
-def _sample_ids(
-    rng: np.random.Generator, vocab: int, n: int, params: GeneratorParams
-) -> np.ndarray:
-    """Zipf-popular ids from this scenario's window of the shared id space."""
-    width = max(1, int(np.ceil(params.id_window * vocab)))
-    offset = int(rng.integers(0, vocab - width + 1))
-    exponent = rng.uniform(*params.zipf_range)
-    popularity = np.arange(1, width + 1, dtype=np.float64) ** -exponent
-    popularity /= popularity.sum()
-    id_of_rank = offset + rng.permutation(width)
-    return id_of_rank[rng.choice(width, size=n, p=popularity)]
 
 
 # --- writing: one folder per scenario, published atomically ----------------------------------
@@ -298,16 +405,32 @@ def generate_scenario(
 def write_scenario(
     out_dir: Path, scenario: str, params: GeneratorParams, names: OutputNames, overwrite: bool
 ) -> dict[str, Any]:
-    """Simulate, write into a temp dir, rename into place, update the index."""
-    arrays = simulate_scenario(scenario, params)
-    meta = _scenario_meta(arrays, params, names)
+    """Simulate block by block into a temp dir (CSVs appended as they go), rename, index.
+
+    Memory is bounded by one block (``BLOCK_ROWS`` rows) whatever the row count;
+    the meta's rates are running counts and its oracle AUCs ``StreamingAUC``s.
+    """
+    decimals = [params.float_decimals if c in NUMERICAL else None for c in COLUMNS]
+    stats = _ScenarioStats(scenario, params, names)
+    progress = Progress(f"{scenario}", params.rows_train + params.rows_test)
     with staged_folder(names.folder(out_dir, scenario), overwrite) as tmp:
-        decimals = [params.float_decimals if c in NUMERICAL else None for c in COLUMNS]
-        for part, file_name in names.files(scenario).items():
-            cols = arrays.part(part)
-            write_csv(tmp / file_name, COLUMNS, [cols[c] for c in COLUMNS], decimals)
+        files = names.files(scenario)
+        with open(tmp / files["train"], "wb") as train_fh, open(tmp / files["test"], "wb") as test_fh:
+            writers = {
+                "train": CsvWriter(train_fh, COLUMNS, decimals),
+                "test": CsvWriter(test_fh, COLUMNS, decimals),
+            }
+            for block in simulate_blocks(scenario, params):
+                for part, writer in writers.items():
+                    cols = block.part(part)
+                    if len(cols["click"]):
+                        writer.write([cols[c] for c in COLUMNS])
+                stats.add(block)
+                progress.advance(len(block.columns["click"]))
+        meta = stats.meta()
         write_json(tmp / META_FILE, meta)
     update_index(out_dir, scenario, meta)
+    progress.done()
     return meta
 
 
@@ -331,32 +454,48 @@ def ensure_aliexpress_generated(settings: DatasetSettings, scenarios: Sequence[s
         _check_existing(folder, params)
 
 
-def _scenario_meta(
-    arrays: ScenarioArrays, params: GeneratorParams, names: OutputNames
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "scenario": arrays.scenario,
-        "params": params.to_dict(),
-        "files": names.files(arrays.scenario),
-        "rows": {"train": params.rows_train, "test": params.rows_test},
-        "targets": {k: round(v, RATE_DIGITS) for k, v in arrays.targets.items()},
-    }
-    for part in ("train", "test"):
-        cols = arrays.part(part)
-        click, conv = cols["click"], cols["conversion"]
-        meta[part] = {
-            "clicks": int(click.sum()),
-            "conversions": int(conv.sum()),
-            "ctr": round(float(click.mean()), RATE_DIGITS),
-            "ctcvr": round(float(conv.mean()), RATE_DIGITS),
+class _ScenarioStats:
+    """What meta.json reports, accumulated block by block: counts, rates, test oracle AUCs."""
+
+    def __init__(self, scenario: str, params: GeneratorParams, names: OutputNames) -> None:
+        self.scenario, self.params, self.names = scenario, params, names
+        self.targets: dict[str, float] = {}
+        self.counts = {part: {"clicks": 0, "conversions": 0} for part in ("train", "test")}
+        self.auc = {task: StreamingAUC(AUC_EXACT_ROWS, AUC_BINS) for task in ("ctr", "ctcvr")}
+
+    def add(self, block: ScenarioArrays) -> None:
+        self.targets = block.targets
+        for part, counts in self.counts.items():
+            cols = block.part(part)
+            counts["clicks"] += int(cols["click"].sum())
+            counts["conversions"] += int(cols["conversion"].sum())
+        test, test_p = block.part("test"), block.part("test", block.probabilities)
+        if len(test["click"]):
+            self.auc["ctr"].add(test["click"], test_p["click"])
+            self.auc["ctcvr"].add(test["conversion"], test_p["conversion"])
+
+    def meta(self) -> dict[str, Any]:
+        p = self.params
+        meta: dict[str, Any] = {
+            "scenario": self.scenario,
+            "params": p.to_dict(),
+            "files": self.names.files(self.scenario),
+            "rows": {"train": p.rows_train, "test": p.rows_test},
+            "targets": {k: round(v, RATE_DIGITS) for k, v in self.targets.items()},
         }
-    test_cols = arrays.part("test")
-    test_p = arrays.part("test", arrays.probabilities)
-    meta["oracle_auc_test"] = {
-        "ctr": oracle_auc(test_cols["click"], test_p["click"]),
-        "ctcvr": oracle_auc(test_cols["conversion"], test_p["conversion"]),
-    }
-    return meta
+        for part, rows in (("train", p.rows_train), ("test", p.rows_test)):
+            c = self.counts[part]
+            meta[part] = {
+                **c,
+                "ctr": round(c["clicks"] / rows, RATE_DIGITS),
+                "ctcvr": round(c["conversions"] / rows, RATE_DIGITS),
+            }
+        meta["oracle_auc_test"] = {task: auc.value() for task, auc in self.auc.items()}
+        if not all(auc.exact for auc in self.auc.values()):  # only above AUC_EXACT_ROWS test rows
+            meta["oracle_auc_test_max_error"] = {
+                task: float(f"{auc.error_bound():.2g}") for task, auc in self.auc.items()
+            }
+        return meta
 
 
 def _check_existing(folder: Path, params: GeneratorParams) -> None:

@@ -3,7 +3,9 @@
 ``pfms-generate --out DIR --scenarios NL ES FR US`` writes one folder per
 scenario (train.csv, test.csv, meta.json) and ``DIR/meta.json``, atomically;
 ``--set KNOB=JSON`` sets any other generator knob. A training run needs no such
-step: ``load_scenario`` generates a configured scenario on first use.
+step: ``load_scenario`` generates a configured scenario on first use. Any size
+streams in bounded memory (10 million rows: see the README); a scenario that
+takes more than a few seconds prints a progress line (rows/s, ETA) on stderr.
 """
 
 from __future__ import annotations

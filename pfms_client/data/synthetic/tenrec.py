@@ -31,16 +31,17 @@ are held out by the Tenrec reader (``dataset.split``), not here.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..files import RATE_DIGITS, check_made_with, publish_scenario_file
+from ..files import RATE_DIGITS, check_made_with, publish_scenario_stream
 from .params import TenrecGeneratorParams
-from .stats import calibrate, oracle_auc, scenario_key, sigmoid
+from .progress import Progress
+from .stats import AUC_BINS, AUC_EXACT_ROWS, StreamingAUC, calibrate, scenario_key, sigmoid
 
 if TYPE_CHECKING:
     from ..settings import DatasetSettings
@@ -60,8 +61,14 @@ COLUMNS = (
 )
 LABELS = ("click", "follow", "like", "share")
 
+# Rows are simulated and written BLOCK_ROWS at a time, each block from its own random
+# stream (see simulate_tenrec_blocks): a fixed part of the data, not a tuning knob,
+# above the default 30,000 rows (so those scenarios are byte-identical to the ones
+# made before streaming) and small enough to keep one block's memory low.
+BLOCK_ROWS = 100_000
 _SHARED_STREAM = 10  # rng stream tags, distinct from aliexpress.py's
-_SCENARIO_STREAM = 11
+_SCENARIO_STREAM = 11  # block 0 (and the scenario's own parameters)
+_BLOCK_STREAM = 12  # blocks 1, 2, ...
 
 
 @dataclass(frozen=True)
@@ -93,69 +100,166 @@ class _Shared:
     item_follow: np.ndarray  # [I]
 
 
-def simulate_tenrec_scenario(scenario: str, params: TenrecGeneratorParams) -> TenrecArrays:
-    """Generate all rows of one scenario, deterministic in ``(params, scenario)``."""
-    shared = _shared_structure(params)
-    rng = np.random.default_rng([params.seed, _SCENARIO_STREAM, scenario_key(scenario)])
-    n, k = params.rows, params.latent_dim
-    cells = params.num_genders * params.num_ages
+@dataclass(frozen=True)
+class _Window:
+    """A scenario's Zipf-popular window of a shared id space."""
 
-    # Per-scenario parameters, always drawn in this order.
-    rates = {
-        "click": rng.uniform(*params.click_rate_range),
-        "like": rng.uniform(*params.like_rate_range),
-        "share": rng.uniform(*params.share_rate_range),
-        "follow": rng.uniform(*params.follow_rate_range),
-    }
-    demo_click = rng.normal(size=(cells, k))  # the scenario's own taste per (gender, age) cell
-    cat_click = rng.normal(size=(params.num_categories, k))
-    demo_like = rng.normal(size=(cells, k))
-    cat_like = rng.normal(size=(params.num_categories, k))
-    rho = params.id_shared_fraction
-    user_bias = np.sqrt(rho) * shared.user_bias + np.sqrt(1 - rho) * rng.normal(size=params.num_users)
-    item_bias = np.sqrt(rho) * shared.item_bias + np.sqrt(1 - rho) * rng.normal(size=params.num_items)
-    users = _sample_window(rng, params.num_users, params.user_window, params.user_zipf_range, n)
-    items = _sample_window(rng, params.num_items, params.item_window, params.item_zipf_range, n)
+    id_of_rank: np.ndarray  # [width]
+    popularity: np.ndarray  # [width] probabilities, decreasing
+
+    @classmethod
+    def draw(
+        cls, rng: np.random.Generator, space: int, window: float, zipf_range: tuple[float, float]
+    ) -> _Window:
+        width = max(1, int(np.ceil(window * space)))
+        offset = int(rng.integers(0, space - width + 1))
+        exponent = rng.uniform(*zipf_range)
+        popularity = np.arange(1, width + 1, dtype=np.float64) ** -exponent
+        popularity /= popularity.sum()
+        return cls(offset + rng.permutation(width), popularity)
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return self.id_of_rank[rng.choice(len(self.popularity), size=n, p=self.popularity)]
+
+
+@dataclass
+class _Scenario:
+    """One scenario's own parameters: drawn once, in block 0, then used by every block."""
+
+    rates: dict[str, float]  # click, and like/share/follow given a click
+    demo_click: np.ndarray  # [cells, K] the scenario's own taste per (gender, age) cell
+    cat_click: np.ndarray  # [categories, K]
+    demo_like: np.ndarray
+    cat_like: np.ndarray
+    user_bias: np.ndarray  # [U]
+    item_bias: np.ndarray  # [I]
+    users: _Window | None = None
+    items: _Window | None = None
+    biases: dict[str, float] = field(default_factory=dict)  # calibrated on block 0
+
+
+def simulate_tenrec_scenario(scenario: str, params: TenrecGeneratorParams) -> TenrecArrays:
+    """All rows of one scenario in memory (the blocks of ``simulate_tenrec_blocks``, joined)."""
+    blocks = list(simulate_tenrec_blocks(scenario, params))
+    return TenrecArrays(
+        scenario=scenario,
+        columns={c: np.concatenate([b.columns[c] for b in blocks]) for c in COLUMNS},
+        targets=blocks[0].targets,
+        probabilities={
+            k: np.concatenate([b.probabilities[k] for b in blocks]) for k in ("click", "like")
+        },
+    )
+
+
+def simulate_tenrec_blocks(scenario: str, params: TenrecGeneratorParams) -> Iterator[TenrecArrays]:
+    """The rows of one scenario, ``BLOCK_ROWS`` at a time; deterministic in ``(params, scenario)``.
+
+    As in the AliExpress-schema generator: block 0 draws from the scenario's
+    stream ``(seed, scenario)`` its rows and, in between, the scenario's own
+    parameters, in the order of the original whole-array generator, and calibrates
+    the label biases on its own logits (so a scenario of up to ``BLOCK_ROWS`` rows
+    is the one that generator made); block b >= 1 draws its rows from
+    ``(seed, scenario, b)``. The block size is part of the data, hence a constant.
+    """
+    shared = _shared_structure(params)
+    key = scenario_key(scenario)
+    scen: _Scenario | None = None
+    for b, start in enumerate(range(0, params.rows, BLOCK_ROWS)):
+        n = min(BLOCK_ROWS, params.rows - start)
+        if b == 0:
+            rng = np.random.default_rng([params.seed, _SCENARIO_STREAM, key])
+        else:
+            rng = np.random.default_rng([params.seed, _BLOCK_STREAM, key, b])
+        block, scen = _simulate_block(rng, n, shared, params, scen)
+        yield TenrecArrays(
+            scenario=scenario,
+            columns=block[0],
+            targets={
+                k if k == "click" else f"{k}_given_click": float(v) for k, v in scen.rates.items()
+            },
+            probabilities=block[1],
+        )
+
+
+def _simulate_block(
+    rng: np.random.Generator,
+    n: int,
+    shared: _Shared,
+    params: TenrecGeneratorParams,
+    scen: _Scenario | None,
+) -> tuple[tuple[dict[str, np.ndarray], dict[str, np.ndarray]], _Scenario]:
+    """``n`` rows; with ``scen`` None (block 0) the scenario's parameters are drawn too."""
+    k = params.latent_dim
+    cells = params.num_genders * params.num_ages
+    first = scen is None
+    if scen is None:  # per-scenario parameters, always drawn in this order
+        rates = {
+            "click": rng.uniform(*params.click_rate_range),
+            "like": rng.uniform(*params.like_rate_range),
+            "share": rng.uniform(*params.share_rate_range),
+            "follow": rng.uniform(*params.follow_rate_range),
+        }
+        demo_click = rng.normal(size=(cells, k))
+        cat_click = rng.normal(size=(params.num_categories, k))
+        demo_like = rng.normal(size=(cells, k))
+        cat_like = rng.normal(size=(params.num_categories, k))
+        rho = params.id_shared_fraction
+        user_bias = np.sqrt(rho) * shared.user_bias + np.sqrt(1 - rho) * rng.normal(
+            size=params.num_users
+        )
+        item_bias = np.sqrt(rho) * shared.item_bias + np.sqrt(1 - rho) * rng.normal(
+            size=params.num_items
+        )
+        scen = _Scenario(rates, demo_click, cat_click, demo_like, cat_like, user_bias, item_bias)
+        scen.users = _Window.draw(rng, params.num_users, params.user_window, params.user_zipf_range)
+    assert scen.users is not None
+    users = scen.users.sample(rng, n)
+    if first:
+        scen.items = _Window.draw(rng, params.num_items, params.item_window, params.item_zipf_range)
+    assert scen.items is not None
+    items = scen.items.sample(rng, n)
 
     cell = shared.user_gender[users] * params.num_ages + shared.user_age[users]
     category = shared.item_category[items]
     scale = 1.0 / np.sqrt(k)  # a dot product of K unit-variance pairs has variance K
     affinity = _rowdot(shared.user_factor[users], shared.item_factor[items]) * scale
     like_affinity = _rowdot(shared.user_like_factor[users], shared.item_like_factor[items]) * scale
-    scen_click = _rowdot(demo_click[cell], cat_click[category]) * scale
-    scen_like = _rowdot(demo_like[cell], cat_like[category]) * scale
+    scen_click = _rowdot(scen.demo_click[cell], scen.cat_click[category]) * scale
+    scen_like = _rowdot(scen.demo_like[cell], scen.cat_like[category]) * scale
 
     click_logit = (
         params.click_affinity * affinity
         + params.click_scenario * scen_click
-        + params.click_user * user_bias[users]
-        + params.click_item * item_bias[items]
+        + params.click_user * scen.user_bias[users]
+        + params.click_item * scen.item_bias[items]
     )
-    like_logit = (
-        params.like_click * affinity
-        + params.like_task * like_affinity
-        + params.like_scenario * scen_like
-        + params.like_user * shared.user_like[users]
-    )
-    share_logit = params.share_click * affinity + params.share_user * shared.user_share[users]
-    follow_logit = (
-        params.follow_user * shared.user_follow[users]
-        + params.follow_item * shared.item_follow[items]
-    )
-    p_click = sigmoid(click_logit + calibrate(click_logit, rates["click"]))
-    mean_click = float(p_click.mean())
-
-    def given_click(logit: np.ndarray, rate: float) -> np.ndarray:
-        """P(label | click) with E[P(click) P(label | click)] / E[P(click)] == rate."""
-        return sigmoid(logit + calibrate(logit, rate * mean_click, weight=p_click))
-
-    p_like = given_click(like_logit, rates["like"])
-    p_share = given_click(share_logit, rates["share"])
-    p_follow = given_click(follow_logit, rates["follow"])
+    logits = {
+        "like": (
+            params.like_click * affinity
+            + params.like_task * like_affinity
+            + params.like_scenario * scen_like
+            + params.like_user * shared.user_like[users]
+        ),
+        "share": params.share_click * affinity + params.share_user * shared.user_share[users],
+        "follow": (
+            params.follow_user * shared.user_follow[users]
+            + params.follow_item * shared.item_follow[items]
+        ),
+    }
+    if first:
+        scen.biases["click"] = calibrate(click_logit, scen.rates["click"])
+    p_click = sigmoid(click_logit + scen.biases["click"])
+    if first:
+        # P(label | click) with E[P(click) P(label | click)] / E[P(click)] == rate
+        mean_click = float(p_click.mean())
+        for label, logit in logits.items():
+            target = scen.rates[label] * mean_click
+            scen.biases[label] = calibrate(logit, target, weight=p_click)
+    p = {label: sigmoid(logit + scen.biases[label]) for label, logit in logits.items()}
     click = rng.random(n) < p_click
-    like = click & (rng.random(n) < p_like)
-    share = click & (rng.random(n) < p_share)
-    follow = click & (rng.random(n) < p_follow)
+    like = click & (rng.random(n) < p["like"])
+    share = click & (rng.random(n) < p["share"])
+    follow = click & (rng.random(n) < p["follow"])
     watch_mean = params.watch_extra_mean * 2.0 * sigmoid(affinity)  # mean ~ watch_extra_mean
     watching = np.where(click, 1 + rng.poisson(watch_mean), 0)
 
@@ -171,12 +275,8 @@ def simulate_tenrec_scenario(scenario: str, params: TenrecGeneratorParams) -> Te
         "gender": shared.user_gender[users],
         "age": shared.user_age[users],
     }
-    return TenrecArrays(
-        scenario=scenario,
-        columns={c: values[c].astype(np.int64) for c in COLUMNS},
-        targets={k if k == "click" else f"{k}_given_click": float(v) for k, v in rates.items()},
-        probabilities={"click": p_click, "like": p_click * p_like},
-    )
+    columns = {c: values[c].astype(np.int64) for c in COLUMNS}
+    return (columns, {"click": p_click, "like": p_click * p["like"]}), scen
 
 
 def _shared_structure(params: TenrecGeneratorParams) -> _Shared:
@@ -222,23 +322,6 @@ def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("nk,nk->n", a, b)
 
 
-def _sample_window(
-    rng: np.random.Generator,
-    space: int,
-    window: float,
-    zipf_range: tuple[float, float],
-    n: int,
-) -> np.ndarray:
-    """Zipf-popular ids from this scenario's window of a shared id space."""
-    width = max(1, int(np.ceil(window * space)))
-    offset = int(rng.integers(0, space - width + 1))
-    exponent = rng.uniform(*zipf_range)
-    popularity = np.arange(1, width + 1, dtype=np.float64) ** -exponent
-    popularity /= popularity.sum()
-    id_of_rank = offset + rng.permutation(width)
-    return id_of_rank[rng.choice(width, size=n, p=popularity)]
-
-
 # --- writing: one CSV + meta sidecar per scenario, published atomically ---------------------
 DEFAULT_FILE = "{scenario}.csv"
 
@@ -255,17 +338,23 @@ def generate_tenrec(
 
 
 def write_tenrec_scenario(path: Path, scenario: str, params: TenrecGeneratorParams) -> dict[str, Any]:
-    """Simulate one scenario and publish its CSV and meta atomically."""
-    arrays = simulate_tenrec_scenario(scenario, params)
-    meta = _scenario_meta(arrays, params, path.name)
-    publish_scenario_file(
-        path,
-        COLUMNS,
-        [arrays.columns[c] for c in COLUMNS],
-        [None] * len(COLUMNS),
-        meta,
-        scenario,
+    """Simulate one scenario block by block, appending to a temp CSV; publish CSV and meta atomically.
+
+    Memory is bounded by one block (``BLOCK_ROWS`` rows) whatever ``rows`` is.
+    """
+    stats = _ScenarioStats(scenario, params, path.name)
+    progress = Progress(scenario, params.rows)
+
+    def blocks() -> Iterator[list[np.ndarray]]:
+        for block in simulate_tenrec_blocks(scenario, params):
+            stats.add(block)
+            yield [block.columns[c] for c in COLUMNS]
+            progress.advance(len(block.columns["click"]))
+
+    meta = publish_scenario_stream(
+        path, COLUMNS, [None] * len(COLUMNS), blocks(), stats.meta, scenario
     )
+    progress.done()
     return meta
 
 
@@ -288,30 +377,50 @@ def ensure_tenrec_generated(settings: DatasetSettings, scenarios: Sequence[str])
         )
 
 
-def _scenario_meta(
-    arrays: TenrecArrays, params: TenrecGeneratorParams, file_name: str
-) -> dict[str, Any]:
-    cols = arrays.columns
-    clicks = cols["click"] == 1
-    rates = {label: round(float(cols[label].mean()), RATE_DIGITS) for label in LABELS}
-    given_click = {
-        f"{label}_given_click": round(float(cols[label][clicks].mean()), RATE_DIGITS)
-        if clicks.any()
-        else None
-        for label in LABELS
-        if label != "click"
-    }
-    return {
-        "scenario": arrays.scenario,
-        "params": params.to_dict(),
-        "file": file_name,
-        "rows": params.rows,
-        "users": int(np.unique(cols["user_id"]).size),
-        "items": int(np.unique(cols["item_id"]).size),
-        "targets": {k: round(v, RATE_DIGITS) for k, v in arrays.targets.items()},
-        "rates": {**rates, **given_click},
-        "oracle_auc": {
-            "click": oracle_auc(cols["click"], arrays.probabilities["click"]),
-            "like": oracle_auc(cols["like"], arrays.probabilities["like"]),
-        },
-    }
+class _ScenarioStats:
+    """What the meta sidecar reports, accumulated block by block: rates, id counts, oracle AUCs."""
+
+    def __init__(self, scenario: str, params: TenrecGeneratorParams, file_name: str) -> None:
+        self.scenario, self.params, self.file_name = scenario, params, file_name
+        self.targets: dict[str, float] = {}
+        self.positives = dict.fromkeys(LABELS, 0)
+        self.users_seen = np.zeros(params.num_users, dtype=bool)
+        self.items_seen = np.zeros(params.num_items, dtype=bool)
+        self.auc = {task: StreamingAUC(AUC_EXACT_ROWS, AUC_BINS) for task in ("click", "like")}
+
+    def add(self, block: TenrecArrays) -> None:
+        cols = block.columns
+        self.targets = block.targets
+        for label in LABELS:
+            self.positives[label] += int(cols[label].sum())
+        self.users_seen[cols["user_id"]] = True
+        self.items_seen[cols["item_id"]] = True
+        for task, auc in self.auc.items():
+            auc.add(cols[task], block.probabilities[task])
+
+    def meta(self) -> dict[str, Any]:
+        rows, clicks = self.params.rows, self.positives["click"]
+        rates = {label: round(self.positives[label] / rows, RATE_DIGITS) for label in LABELS}
+        given_click = {  # like, share and follow happen only on clicks
+            f"{label}_given_click": round(self.positives[label] / clicks, RATE_DIGITS)
+            if clicks
+            else None
+            for label in LABELS
+            if label != "click"
+        }
+        meta: dict[str, Any] = {
+            "scenario": self.scenario,
+            "params": self.params.to_dict(),
+            "file": self.file_name,
+            "rows": rows,
+            "users": int(self.users_seen.sum()),
+            "items": int(self.items_seen.sum()),
+            "targets": {k: round(v, RATE_DIGITS) for k, v in self.targets.items()},
+            "rates": {**rates, **given_click},
+            "oracle_auc": {task: auc.value() for task, auc in self.auc.items()},
+        }
+        if not all(auc.exact for auc in self.auc.values()):  # only above AUC_EXACT_ROWS rows
+            meta["oracle_auc_max_error"] = {
+                task: float(f"{auc.error_bound():.2g}") for task, auc in self.auc.items()
+            }
+        return meta

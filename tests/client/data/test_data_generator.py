@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF_DATASET as CONF
 from pfms_client.data import DataValidationError, ensure_generated, load_scenario
-from pfms_client.data.csv_writer import write_csv
+from pfms_client.data.csv_writer import CsvWriter
 from pfms_client.data.readers import read_csv_checked
 from pfms_client.data.schema import DatasetSchema
 from pfms_client.data.synthetic import aliexpress as gen
@@ -153,14 +153,15 @@ def test_unknown_knob_and_bad_ranges_are_rejected(tmp_path):
 
 def test_failed_write_leaves_no_folder(tmp_path, monkeypatch):
     calls = {"n": 0}
+    real_write = CsvWriter.write
 
-    def flaky(path, *args):
+    def flaky(self, columns):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 2:  # the test file's first rows
             raise OSError("disk full")
-        write_csv(path, *args)
+        real_write(self, columns)
 
-    monkeypatch.setattr(gen, "write_csv", flaky)
+    monkeypatch.setattr(CsvWriter, "write", flaky)
     with pytest.raises(OSError, match="disk full"):
         gen.generate_scenario(tmp_path, "NL", **SMALL)
     assert list(tmp_path.iterdir()) == []
