@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from flwr.clientapp import ClientApp
 from omegaconf import DictConfig, OmegaConf
 
 from .config import load_config
-from .data import ScenarioData, load_scenario
+from .data import ScenarioData, open_scenario
 from .mmoe import MMoE, build_model
 from .state import LocalState, atomic_torch_save
 from .template import shared_parts, uploaded_names
@@ -72,11 +73,14 @@ def dataset_config(context: Context, cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(ds)
 
 
-def scenario_data(ds_cfg: DictConfig, scenario: str) -> ScenarioData:
-    """Rows become tensors once per process; later messages reuse them."""
-    key = json.dumps([OmegaConf.to_container(ds_cfg), scenario], sort_keys=True)
+def scenario_data(ds_cfg: DictConfig, scenario: str, in_memory_max_rows: int) -> ScenarioData:
+    """The scenario's prepared store (prepared on first use), mapped; a split of at most
+    ``in_memory_max_rows`` rows is read into memory. Once per process; later messages reuse it."""
+    key = json.dumps([OmegaConf.to_container(ds_cfg), scenario, in_memory_max_rows], sort_keys=True)
     if key not in _DATA:
-        _DATA[key] = load_scenario(ds_cfg, scenario)
+        data = open_scenario(ds_cfg, scenario)
+        small = {s: getattr(data, s).in_memory() for s in SPLITS if len(getattr(data, s)) <= in_memory_max_rows}
+        _DATA[key] = replace(data, **small)
     return _DATA[key]
 
 
@@ -88,7 +92,8 @@ class Session:
         if self.cfg.train.num_threads:
             torch.set_num_threads(int(self.cfg.train.num_threads))
         self.scenario = scenario_of(context, self.cfg)
-        self.data = scenario_data(dataset_config(context, self.cfg), self.scenario)
+        self.data = scenario_data(dataset_config(context, self.cfg), self.scenario,
+                                  int(self.cfg.train.in_memory_max_rows))
         self.model: MMoE = self.new_model()
         strat = self.cfg.strategy
         self.upload = uploaded_names(self.model.state_dict().keys(), fedbn=bool(strat.fedbn), share=shared_parts(strat))
@@ -192,7 +197,7 @@ def train(msg: Message, context: Context) -> Message:
                                        float(session.cfg.strategy.client.lam))
         personal.save(model.state_dict(), server_round)
         stats["personal_bce"] = pstats["train_bce"]
-    metrics: dict[str, Any] = {"num-examples": int(session.data.train.y.shape[0]), **stats}
+    metrics: dict[str, Any] = {"num-examples": len(session.data.train), **stats}
     content = RecordDict(
         {"arrays": to_record(session.uploadable()), "metrics": MetricRecord(metrics), "meta": meta(session)}
     )
@@ -215,11 +220,12 @@ def evaluate_(msg: Message, context: Context) -> Message:
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise ValueError(f"unknown evaluation split(s) {unknown}; expected some of {list(SPLITS)}")
-    metrics: dict[str, Any] = {"num-examples": int(session.data.val.y.shape[0])}
+    metrics: dict[str, Any] = {"num-examples": len(session.data.val)}
     for split in splits:
         data = getattr(session.data, split)
-        metrics[f"{split}.n"] = int(data.y.shape[0])
-        for task, m in evaluate(session.model, data, session.data.task_names, int(session.cfg.eval.batch_size)).items():
+        metrics[f"{split}.n"] = len(data)
+        for task, m in evaluate(session.model, data, session.data.task_names, int(session.cfg.eval.batch_size),
+                                str(session.cfg.train.device)).items():
             metrics[f"{split}.{task}.auc"] = m["auc"]
             metrics[f"{split}.{task}.logloss"] = m["logloss"]
     ckpt_dir = context.node_config.get("checkpoint-dir") or config.get("checkpoint-dir")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -243,3 +245,265 @@ def _show(value: Any) -> str:
     if len(text) > _SHOWN_VALUE_CHARS:
         text = text[:_SHOWN_VALUE_CHARS] + "..."
     return repr(text)
+
+
+# ---------------------------------------------------------------- streaming, in chunks
+# What `pfms-prepare` reads: the same checks and messages as read_csv_checked, one
+# chunk at a time, so memory is bounded by the chunk, not the file.
+
+CHUNK_ROWS = 200_000  # rows per validated chunk (about 130 MB of AliExpress-schema values)
+_ARROW_BLOCK_BYTES = 16 << 20  # pyarrow's CSV block: the unit it parses (and reports errors) in
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Validated rows ``first_row .. first_row + len - 1`` (0-based data rows) of one file."""
+
+    cat: np.ndarray  # int64 [n, F] raw ids, schema.categorical order
+    num: np.ndarray  # float64 [n, Dn], schema.numerical order
+    labels: np.ndarray  # int8 [n, L], schema.labels order
+    first_row: int
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class SlowPathNeeded(Exception):
+    """pyarrow refused a file that today's (pandas) rules accept, e.g. an id written ``3.0``:
+    the caller restarts the file with ``engine='pandas'`` (same results, slower)."""
+
+
+def iter_checked_chunks(
+    path: str | PathLike[str],
+    schema: DatasetSchema,
+    *,
+    max_rows: int | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    engine: str = "arrow",
+) -> Iterator[Chunk]:
+    """Validated chunks of a CSV (or ``.parquet``) file in file order.
+
+    Raises the DataValidationError read_csv_checked raises for the same file (file,
+    line, column and reason), and one for bytes that are not UTF-8. ``engine='arrow'``
+    parses with pyarrow; on anything it refuses or a check fails, the file is read
+    again with pandas in chunks to find today's exact message; if pandas accepts the
+    file, SlowPathNeeded asks the caller to restart with ``engine='pandas'``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, expected a CSV file" if path.is_dir() else "file not found"
+        raise DataValidationError(path, what)
+    if path.suffix == ".parquet":
+        yield from _parquet_chunks(path, schema, max_rows, chunk_rows)
+        return
+    header = _read_header_checked(path)
+    _check_header(path, header, schema)
+    if engine == "pandas":
+        yield from _pandas_chunks(path, header, schema, max_rows, chunk_rows)
+        return
+    try:
+        yield from _arrow_chunks(path, header, schema, max_rows, chunk_rows)
+    except _ArrowRefused:
+        for _ in _pandas_chunks(path, header, schema, max_rows, chunk_rows):
+            pass  # raises today's message for a bad file
+        raise SlowPathNeeded(str(path)) from None
+
+
+class _ArrowRefused(Exception):
+    pass
+
+
+def _read_header_checked(path: Path) -> list[str]:
+    try:
+        return _read_header(path)
+    except UnicodeDecodeError as exc:
+        raise _undecodable(path) from exc
+
+
+def _arrow_chunks(
+    path: Path, header: list[str], schema: DatasetSchema, max_rows: int | None, chunk_rows: int
+) -> Iterator[Chunk]:
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    types = {c: pa.int64() for c in schema.categorical}
+    types.update({c: pa.float64() for c in schema.numerical})
+    types.update({c: pa.int64() for c in schema.labels})
+    wanted = [*schema.categorical, *schema.numerical, *schema.labels]
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=_ARROW_BLOCK_BYTES, use_threads=True),
+            parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=wanted),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise _ArrowRefused() from exc
+    row = 0
+    pending: list[Any] = []
+    pending_rows = 0
+    while max_rows is None or row + pending_rows < max_rows:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise _ArrowRefused() from exc
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        if pending_rows >= chunk_rows:
+            table = pa.Table.from_batches(pending)
+            pending, pending_rows = [], 0
+            for start in range(0, table.num_rows, chunk_rows):
+                part = table.slice(start, chunk_rows)
+                if max_rows is not None:
+                    part = part.slice(0, max(0, max_rows - row))
+                if part.num_rows == 0:
+                    break
+                yield _arrow_to_chunk(part, schema, row)
+                row += part.num_rows
+    if pending and (max_rows is None or row < max_rows):
+        table = pa.Table.from_batches(pending)
+        if max_rows is not None:
+            table = table.slice(0, max_rows - row)
+        for start in range(0, table.num_rows, chunk_rows):
+            part = table.slice(start, chunk_rows)
+            yield _arrow_to_chunk(part, schema, row)
+            row += part.num_rows
+    if row == 0:
+        raise DataValidationError(path, "no data rows (empty scenario file)", line=_FIRST_DATA_LINE)
+
+
+def _arrow_columns(table: Any, names: Sequence[str], dtype: Any) -> np.ndarray:
+    out = np.empty((table.num_rows, len(names)), dtype=dtype)
+    for j, name in enumerate(names):
+        col = table.column(name)
+        if col.null_count:
+            raise _ArrowRefused()
+        out[:, j] = col.to_numpy()
+    return out
+
+
+def _arrow_to_chunk(table: Any, schema: DatasetSchema, first_row: int) -> Chunk:
+    """Arrow columns -> arrays; anything today's checks reject sends the file to pandas."""
+    cat = _arrow_columns(table, schema.categorical, np.int64)
+    num = _arrow_columns(table, schema.numerical, np.float64)
+    labels64 = _arrow_columns(table, schema.labels, np.int64)
+    if not np.isfinite(num).all() or ((labels64 != 0) & (labels64 != 1)).any():
+        raise _ArrowRefused()
+    labels = labels64.astype(np.int8)
+    index = {c: j for j, c in enumerate(schema.labels)}
+    for con in schema.constraints:
+        if ((labels[:, index[con.label]] == 1) & (labels[:, index[con.requires]] != 1)).any():
+            raise _ArrowRefused()
+    return Chunk(cat=cat, num=num, labels=labels, first_row=first_row)
+
+
+def _pandas_chunks(
+    path: Path, header: list[str], schema: DatasetSchema, max_rows: int | None, chunk_rows: int
+) -> Iterator[Chunk]:
+    """Today's reader (read_csv_checked's checks and messages), one chunk at a time."""
+    row = 0
+    try:
+        frames = pd.read_csv(
+            path, skip_blank_lines=False, low_memory=False, nrows=max_rows, encoding="utf-8-sig",
+            chunksize=chunk_rows,
+        )
+        for df in _parsed(path, frames):
+            df.index = pd.RangeIndex(row, row + len(df))
+            _check_cells_from(path, df, header, schema, row)
+            df = _cast(df, schema)
+            _check_constraints_from(path, df, schema, row)
+            yield Chunk(
+                cat=df[list(schema.categorical)].to_numpy(dtype=np.int64),
+                num=df[list(schema.numerical)].to_numpy(dtype=np.float64),
+                labels=df[list(schema.labels)].to_numpy(dtype=np.int8),
+                first_row=row,
+            )
+            row += len(df)
+    except UnicodeDecodeError as exc:
+        raise _undecodable(path) from exc
+    if row == 0:
+        raise DataValidationError(path, "no data rows (empty scenario file)", line=_FIRST_DATA_LINE)
+
+
+def _parsed(path: Path, frames: Any) -> Iterator[pd.DataFrame]:
+    while True:
+        try:
+            df = next(frames)
+        except StopIteration:
+            return
+        except pd.errors.ParserError as exc:
+            match = re.search(r"line (\d+)", str(exc))
+            line = int(match.group(1)) if match else None
+            raise DataValidationError(path, f"malformed CSV row: {exc}", line=line) from exc
+        yield df
+
+
+def _check_cells_from(path: Path, df: pd.DataFrame, header: list[str], schema: DatasetSchema, row0: int) -> None:
+    try:
+        _check_cells(path, df.reset_index(drop=True), header, schema)
+    except DataValidationError as exc:
+        raise DataValidationError(path, exc.reason, column=exc.column, line=(exc.line or 0) + row0) from None
+
+
+def _check_constraints_from(path: Path, df: pd.DataFrame, schema: DatasetSchema, row0: int) -> None:
+    try:
+        _check_constraints(path, df, schema)
+    except DataValidationError as exc:
+        raise DataValidationError(path, exc.reason, column=exc.column, line=(exc.line or 0) + row0) from None
+
+
+def _undecodable(path: Path) -> DataValidationError:
+    """Name the first line (and column) holding bytes that are not UTF-8, reading line by line."""
+    header: list[str] = []
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                column = header[raw[: exc.start].count(b",")] if raw[: exc.start].count(b",") < len(header) else None
+                bad = raw[exc.start : exc.end]
+                return DataValidationError(
+                    path, f"undecodable bytes {bad!r} (the file must be UTF-8 text)",
+                    column=column if number > 1 else None, line=number,
+                )
+            if number == 1:
+                header = next(csv.reader([text]), [])
+    return DataValidationError(path, "undecodable bytes (the file must be UTF-8 text)")
+
+
+def _parquet_chunks(path: Path, schema: DatasetSchema, max_rows: int | None, chunk_rows: int) -> Iterator[Chunk]:
+    """A Parquet file: the same header and cell checks; 'line' is the data row + 1 (no header line)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataValidationError(path, f"not a readable Parquet file: {exc}") from exc
+    _check_header(path, list(pf.schema_arrow.names), schema)
+    wanted = [*schema.categorical, *schema.numerical, *schema.labels]
+    header = list(pf.schema_arrow.names)
+    row = 0
+    for batch in pf.iter_batches(batch_size=chunk_rows, columns=wanted):
+        if max_rows is not None and row >= max_rows:
+            break
+        df = batch.to_pandas()
+        if max_rows is not None:
+            df = df.iloc[: max_rows - row]
+        # the CSV checks count a header line: line = row + 2; Parquet rows are 1-based lines
+        _check_cells_from(path, df.reset_index(drop=True), header, schema, row - 1)
+        df = _cast(df, schema)
+        _check_constraints_from(path, df.reset_index(drop=True), schema, row - 1)
+        yield Chunk(
+            cat=df[list(schema.categorical)].to_numpy(dtype=np.int64),
+            num=df[list(schema.numerical)].to_numpy(dtype=np.float64),
+            labels=df[list(schema.labels)].to_numpy(dtype=np.int8),
+            first_row=row,
+        )
+        row += len(df)
+    if row == 0:
+        raise DataValidationError(path, "no data rows (empty scenario file)", line=1)

@@ -7,7 +7,7 @@ val nor test statistics leak into the encoders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -29,8 +29,28 @@ class TensorSplit:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    @property
+    def num_tasks(self) -> int:
+        return int(self.y.shape[1])
+
     def select(self, index: torch.Tensor | slice) -> TensorSplit:
         return TensorSplit(self.x_cat[index], self.x_num[index], self.y[index])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_cat, x_num, y) of the rows ``idx`` (the trainer's one way to read rows)."""
+        return self.x_cat[idx], self.x_num[idx], self.y[idx]
+
+    def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.x_cat[start:stop], self.x_num[start:stop], self.y[start:stop]
+
+    def labels(self) -> np.ndarray:
+        return self.y.numpy()
+
+    def positive_rates(self) -> list[float]:
+        return [float(r) for r in self.y.double().mean(dim=0)] if len(self) else []
+
+    def in_memory(self) -> TensorSplit:
+        return self
 
 
 @dataclass(frozen=True)
@@ -38,7 +58,7 @@ class ScenarioData:
     """Everything a client needs to build its model and train/evaluate on one scenario."""
 
     scenario: str
-    train: TensorSplit
+    train: TensorSplit  # or batches.StoreSplit (memory-mapped): the same reading methods
     val: TensorSplit
     test: TensorSplit
     field_dims: list[int]  # embedding rows per categorical field, OOV slot 0 included
@@ -54,7 +74,11 @@ class ScenarioData:
     @property
     def positive_rates(self) -> list[float]:
         """Train-part positive rate per task, e.g. to start an output bias at logit(rate)."""
-        return [float(r) for r in self.train.y.double().mean(dim=0)] if len(self.train) else []
+        return self.train.positive_rates()
+
+    def in_memory(self) -> ScenarioData:
+        """Every split read into contiguous tensors (a store's splits are mapped until then)."""
+        return replace(self, train=self.train.in_memory(), val=self.val.in_memory(), test=self.test.in_memory())
 
 
 def validation_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
