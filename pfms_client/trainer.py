@@ -49,6 +49,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def client_gpu_share(name: str, clients: int) -> float:
+    """The GPU fraction a simulated ClientApp asks Ray for: 0 on the CPU, else 1/clients
+    (every scenario's client shares one GPU and all of them run at once)."""
+    return 1.0 / max(clients, 1) if resolve_device(name).type == "cuda" else 0.0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     local_epochs: int

@@ -66,6 +66,19 @@ def num_scenarios(overrides: str) -> int:
     return len(load_run_config(overrides).dataset.scenarios)
 
 
+def federation_config(overrides: str, k: int) -> str:
+    """``num-supernodes=k``, plus each ClientApp's Ray GPU share when train.device is (or auto finds) cuda."""
+    from ..config_check import load_run_config
+
+    device = str(load_run_config(overrides).train.device)
+    if device == "cpu":
+        return f"num-supernodes={k}"
+    from pfms_client.trainer import client_gpu_share
+
+    gpus = client_gpu_share(device, k)
+    return f"num-supernodes={k}" + (f" client-resources-num-gpus={gpus:g}" if gpus else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pfms-run",
@@ -82,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = " ".join(args.overrides)
     try:  # before any process starts: a bad value stops here, naming its key
         k = num_scenarios(overrides)
+        fed_config = federation_config(overrides, k)  # a cuda device this machine lacks stops here
     except ValueError as exc:  # ConfigError
         print(f"pfms-run: {exc}", file=sys.stderr)
         return 2
@@ -104,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     run_cmd = [
         str(bindir / "flwr"), "run", str(app), CONNECTION, "--stream",
-        "--federation-config", f"num-supernodes={k}",
+        "--federation-config", fed_config,
     ]
     if overrides:
         run_cmd += ["--run-config", f"overrides={overrides!r}"]

@@ -59,10 +59,11 @@ def test_streamed_training_and_evaluation_equal_the_in_memory_ones(tmp_path):
 def test_local_steps_bounds_the_batches_of_a_round(tmp_path):
     data = open_scenario(fixture_cfg(tmp_path), "US")  # 90 train rows
     n = len(data.train)
-    for steps in (1, 3, 9):  # 9 batches of 16 > one epoch of 90 rows: a second permutation follows
+    # 9 batches > one epoch of 90 rows (5 x 16 + 10): a second permutation gives 3 more of 16
+    for steps, rows in ((1, 16), (3, 48), (9, 90 + 48)):
         model = model_for(data)
         stats = train_local(model, data.train, {}, tcfg(local_steps=steps, local_epochs=1), seed=5)
-        assert stats["rows"] == 16 * steps
+        assert stats["rows"] == rows
     plan = list(batch_indices(n, 16, torch.Generator().manual_seed(5), steps=9))
     assert len(plan) == 9 and all(len(i) >= 2 for i in plan)
     first_epoch = torch.cat(plan[:6])  # 90 rows = 5 batches of 16 + 10
