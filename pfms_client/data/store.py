@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .encoding import OOV_INDEX
+from .encoding import OOV_INDEX, validation_indices
 from .errors import DataValidationError
 from .readers import SlowPathNeeded, iter_checked_chunks
 from .settings import DatasetSettings
@@ -287,8 +287,6 @@ def _split_rows(settings: DatasetSettings, scratches: dict[str, _Scratch],
                 paths: dict[str, Path]) -> dict[str, tuple[str, np.ndarray | None]]:
     """Each split as (source role, sorted row indices or None = every row): the same draws
     as readers.split_rows and tensors.validation_indices."""
-    from .tensors import validation_indices
-
     split = settings.split
     if "all" in scratches:  # one file: seeded test rows first, then val off the rest
         n = scratches["all"].rows

@@ -13,9 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .encoding import CategoricalVocab, NumericScaler
+from .encoding import CategoricalVocab, NumericScaler, validation_indices
 from .schema import DatasetSchema
 from .settings import DatasetSettings
+
+
+__all__ = ["ScenarioData", "TensorSplit", "build_scenario_data", "task_labels", "validation_indices"]
 
 
 @dataclass(frozen=True)
@@ -79,15 +82,6 @@ class ScenarioData:
     def in_memory(self) -> ScenarioData:
         """Every split read into contiguous tensors (a store's splits are mapped until then)."""
         return replace(self, train=self.train.in_memory(), val=self.val.in_memory(), test=self.test.in_memory())
-
-
-def validation_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random ``(train_idx, val_idx)``, each sorted so the file order is kept."""
-    n_val = int(round(n * fraction))
-    if n_val >= n:
-        raise ValueError(f"val_fraction {fraction} leaves no training rows out of {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def task_labels(df: pd.DataFrame, schema: DatasetSchema) -> np.ndarray:
