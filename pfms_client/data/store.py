@@ -183,13 +183,28 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 class _IdTable:
-    """Raw ids of one field -> provisional indices in order of first appearance."""
+    """Raw ids of one field -> provisional indices in order of first appearance.
+
+    A chunk's ids are factorized (hash), then looked up by binary search in two sorted
+    levels: ``main`` and a small ``recent`` one that takes new ids (an insert costs
+    O(recent), not O(vocabulary)) and is merged into ``main`` when it exceeds an eighth
+    of it, so a field with millions of ids costs O(ids log ids) over the whole file.
+    """
+
+    MERGE_MIN = 4096
 
     def __init__(self) -> None:
-        self.sorted_ids = np.zeros(0, dtype=np.int64)
-        self.sorted_prov = np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=np.int64)
+        self.main_ids, self.main_prov, self.new_ids, self.new_prov = empty, empty, empty, empty
         self.raw_by_prov: list[np.ndarray] = []
         self.count = 0
+
+    def snapshot(self) -> tuple[Any, ...]:
+        return self.main_ids, self.main_prov, self.new_ids, self.new_prov, list(self.raw_by_prov), self.count
+
+    def restore(self, saved: tuple[Any, ...]) -> None:
+        self.main_ids, self.main_prov, self.new_ids, self.new_prov, raw, self.count = saved
+        self.raw_by_prov = list(raw)
 
     def index(self, col: np.ndarray) -> np.ndarray:
         import pandas as pd
@@ -197,21 +212,30 @@ class _IdTable:
         codes, uniq = pd.factorize(col, sort=False)
         uniq = np.asarray(uniq, dtype=np.int64)
         prov = np.empty(len(uniq), dtype=np.int64)
-        pos = np.searchsorted(self.sorted_ids, uniq)
-        found = np.zeros(len(uniq), dtype=bool)
-        if self.count:
-            clipped = np.minimum(pos, self.count - 1)
-            found = self.sorted_ids[clipped] == uniq
-            prov[found] = self.sorted_prov[clipped[found]]
-        new = uniq[~found]
-        if len(new):
+        missing = np.arange(len(uniq))
+        for ids, where in ((self.main_ids, self.main_prov), (self.new_ids, self.new_prov)):
+            if len(ids) and len(missing):
+                keys = uniq[missing]
+                pos = np.minimum(np.searchsorted(ids, keys), len(ids) - 1)
+                hit = ids[pos] == keys
+                prov[missing[hit]] = where[pos[hit]]
+                missing = missing[~hit]
+        if len(missing):
+            new = uniq[missing]
             new_prov = np.arange(self.count, self.count + len(new), dtype=np.int64)
-            prov[~found] = new_prov
-            order = np.argsort(new, kind="stable")
-            self.sorted_ids = np.insert(self.sorted_ids, pos[~found][order], new[order])
-            self.sorted_prov = np.insert(self.sorted_prov, pos[~found][order], new_prov[order])
+            prov[missing] = new_prov
             self.raw_by_prov.append(new)
             self.count += len(new)
+            order = np.argsort(new)
+            at = np.searchsorted(self.new_ids, new[order])
+            self.new_ids = np.insert(self.new_ids, at, new[order])
+            self.new_prov = np.insert(self.new_prov, at, new_prov[order])
+            if len(self.new_ids) > max(self.MERGE_MIN, len(self.main_ids) // 8):
+                ids = np.concatenate([self.main_ids, self.new_ids])
+                order = np.argsort(ids)
+                self.main_ids = ids[order]
+                self.main_prov = np.concatenate([self.main_prov, self.new_prov])[order]
+                self.new_ids = self.new_prov = np.zeros(0, dtype=np.int64)
         return prov[codes].astype(np.int32)
 
     def raw_ids(self) -> np.ndarray:
@@ -261,25 +285,25 @@ def _read_source(path: Path, scratch: _Scratch, settings: DatasetSettings, table
     """Pass 1 over one file; a file pyarrow refuses but pandas accepts is read again with pandas."""
     expected = _expected_rows(path, settings.max_rows)
     for engine in ("arrow", "pandas"):
-        saved = [(t.sorted_ids, t.sorted_prov, list(t.raw_by_prov), t.count) for t in tables]
+        saved = [t.snapshot() for t in tables]
         scratch.rows = 0
         try:
             with open(scratch.path("cat"), "wb") as fc, open(scratch.path("num"), "wb") as fn, \
                     open(scratch.path("lab"), "wb") as fl:
                 for chunk in iter_checked_chunks(path, settings.schema, max_rows=settings.max_rows, engine=engine):
-                    prov = np.empty(chunk.cat.shape, dtype=np.int32)
+                    prov = np.empty((len(tables), len(chunk)), dtype=np.int32)  # column-major
                     for f, table in enumerate(tables):
-                        prov[:, f] = table.index(chunk.cat[:, f])
-                    fc.write(prov.tobytes())
-                    fn.write(chunk.num.astype(np.float32).tobytes())
-                    fl.write(chunk.labels.tobytes())
+                        prov[f] = table.index(chunk.cat[:, f])
+                    fc.write(prov.T.tobytes())  # row-major on disk
+                    fn.write(np.ascontiguousarray(chunk.num, dtype=np.float32).data)
+                    fl.write(np.ascontiguousarray(chunk.labels).data)
                     scratch.rows += len(chunk)
                     if progress is not None:
                         progress(f"read {path.name}", scratch.rows, expected)
             return
         except SlowPathNeeded:
-            for t, (ids, prov_, raw, count) in zip(tables, saved, strict=True):
-                t.sorted_ids, t.sorted_prov, t.raw_by_prov, t.count = ids, prov_, raw, count
+            for t, state in zip(tables, saved, strict=True):
+                t.restore(state)
     raise AssertionError("unreachable: the pandas engine never asks for a slower path")
 
 
@@ -342,35 +366,36 @@ def _build(tmp: Path, settings: DatasetSettings, scenario: str, wanted: dict[str
     mean, std = _scaler(settings.numeric_transform, arrays[role][1], rows, n_train, n_num)
 
     label_col = {c: j for j, c in enumerate(schema.labels)}
+    # one gather remaps every field: provisional index + the field's offset into all remaps
+    offsets = np.cumsum([0] + [len(r) for r in remaps[:-1]]).astype(np.int64)
+    flat_remap = np.concatenate(remaps) if remaps else np.zeros(0, dtype=np.int32)
     rows_out, rates = {}, {}
     done, total = 0, sum(len(r) if r is not None else scratches[s].rows for s, r in splits.values())
     for name, (role, rows) in splits.items():
         n = len(rows) if rows is not None else scratches[role].rows
         cat_in, num_in, lab_in = arrays[role]
         (tmp / name).mkdir()
-        x_cat = _new_array(tmp / name / "x_cat.npy", np.int32, (n, n_cat))
-        x_num = _new_array(tmp / name / "x_num.npy", np.float32, (n, n_num))
-        y = _new_array(tmp / name / "y.npy", np.uint8, (n, schema.num_tasks))
+        x_cat = _NpyWriter(tmp / name / "x_cat.npy", np.int32, (n, n_cat))
+        x_num = _NpyWriter(tmp / name / "x_num.npy", np.float32, (n, n_num))
+        y = _NpyWriter(tmp / name / "y.npy", np.uint8, (n, schema.num_tasks))
         positives = np.zeros(schema.num_tasks, dtype=np.int64)
         for a, b, sel in _chunks(n, rows):
-            prov = np.asarray(cat_in[sel])
-            for f in range(n_cat):
-                x_cat[a:b, f] = remaps[f][prov[:, f]]
-            num = np.asarray(num_in[sel])
+            x_cat.write(flat_remap[np.asarray(cat_in[sel]) + offsets])
+            num = num_in[sel]
             if mean is not None:
-                num = ((num.astype(np.float64) - mean) / std).astype(np.float32)
-            x_num[a:b] = num
+                num = ((np.asarray(num, dtype=np.float64) - mean) / std).astype(np.float32)
+            x_num.write(num)
             lab = np.asarray(lab_in[sel])
+            tasks = np.empty((b - a, schema.num_tasks), dtype=np.uint8)
             for t, task in enumerate(schema.tasks):
-                y[a:b, t] = np.logical_and.reduce([lab[:, label_col[c]] == 1 for c in task.all_of])
-            positives += y[a:b].sum(axis=0, dtype=np.int64)
+                tasks[:, t] = np.logical_and.reduce([lab[:, label_col[c]] == 1 for c in task.all_of])
+            y.write(tasks)
+            positives += tasks.sum(axis=0, dtype=np.int64)
             done += b - a
             if progress is not None:
                 progress("write store", done, total)
-        for arr in (x_cat, x_num, y):
-            if isinstance(arr, np.memmap):
-                arr.flush()
-        del x_cat, x_num, y
+        for writer in (x_cat, x_num, y):
+            writer.close()
         rows_out[name] = n
         rates[name] = {t.name: (float(positives[i]) / n if n else 0.0) for i, t in enumerate(schema.tasks)}
     del arrays
@@ -391,12 +416,27 @@ def _build(tmp: Path, settings: DatasetSettings, scenario: str, wanted: dict[str
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
-def _new_array(path: Path, dtype: Any, shape: tuple[int, int]) -> np.ndarray:
-    """A .npy file to fill in place (an empty one is written at once: nothing to map)."""
-    if shape[0] * shape[1] == 0:
-        np.save(path, np.zeros(shape, dtype=dtype))
-        return np.zeros(shape, dtype=dtype)
-    return np.lib.format.open_memmap(path, "w+", dtype, shape)
+class _NpyWriter:
+    """A .npy file written front to back in row blocks (plain writes: no page faults of a
+    writable mapping), synced to disk when closed."""
+
+    def __init__(self, path: Path, dtype: Any, shape: tuple[int, int]) -> None:
+        self.dtype, self.shape, self.rows = np.dtype(dtype), shape, 0
+        self.fh = open(path, "wb")
+        np.lib.format.write_array_header_1_0(
+            self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        assert block.shape[1:] == self.shape[1:], (block.shape, self.shape)
+        self.fh.write(block.data)
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        assert self.rows == self.shape[0], (self.rows, self.shape)
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
 
 
 def _load(path: Path) -> np.ndarray:

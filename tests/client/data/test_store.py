@@ -89,6 +89,25 @@ def test_store_equals_the_in_memory_encoding_of_the_default_synthetic_scenario(t
         assert_same(load_scenario(cfg, scenario), frames_way(cfg, scenario))
 
 
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_small_segments_chunks_and_id_merges_change_nothing(tmp_path, monkeypatch, threads):
+    """The CSV cut into 1-4 KiB segments parsed by several threads, 50-row chunks and id
+    tables merging every few ids: the same arrays as the in-memory encoding."""
+    from pfms_client.data import readers
+
+    monkeypatch.setattr(readers, "_SEGMENT_BYTES", 1500)
+    monkeypatch.setattr(readers, "CHUNK_ROWS", 50)
+    monkeypatch.setattr(store_mod._IdTable, "MERGE_MIN", 3)
+    monkeypatch.setenv("PFMS_PARSE_THREADS", threads)
+    cfg = synthetic_cfg(tmp_path / "data", tmp_path / "store", rows_train=700, rows_test=300)
+    monkeypatch.setattr(readers.iter_checked_chunks, "__kwdefaults__",
+                        dict(readers.iter_checked_chunks.__kwdefaults__, chunk_rows=50))
+    assert_same(load_scenario(cfg, "NL"), frames_way(cfg, "NL"))
+    chunks = list(iter_checked_chunks(tmp_path / "data" / "NL" / "train.csv",
+                                      DatasetSettings.from_config(cfg).schema, chunk_rows=50))
+    assert len(chunks) >= 10 and [c.first_row for c in chunks] == list(np.cumsum([0] + [len(c) for c in chunks[:-1]]))
+
+
 def test_store_equals_the_in_memory_encoding_of_a_one_file_layout(tmp_path):
     cfg = tenrec_cfg(tmp_path)
     for scenario in ("QK-video", "QB-video"):
