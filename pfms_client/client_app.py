@@ -17,6 +17,7 @@ _IMPORT_T0 = time.perf_counter()
 
 import json  # noqa: E402  (the imports below are what time.import measures)
 import zlib  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -27,7 +28,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from .config import load_config  # noqa: E402
-from .data import ScenarioData, load_scenario  # noqa: E402
+from .data import ScenarioData, open_scenario  # noqa: E402
 from .mmoe import MMoE, build_model  # noqa: E402
 from .state import LocalState, atomic_torch_save  # noqa: E402
 from .template import shared_parts, uploaded_names  # noqa: E402
@@ -82,11 +83,14 @@ def dataset_config(context: Context, cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(ds)
 
 
-def scenario_data(ds_cfg: DictConfig, scenario: str) -> ScenarioData:
-    """Rows become tensors once per process; later messages reuse them."""
-    key = json.dumps([OmegaConf.to_container(ds_cfg), scenario], sort_keys=True)
+def scenario_data(ds_cfg: DictConfig, scenario: str, in_memory_max_rows: int) -> ScenarioData:
+    """The scenario's prepared store (prepared on first use), mapped; a split of at most
+    ``in_memory_max_rows`` rows is read into memory. Once per process; later messages reuse it."""
+    key = json.dumps([OmegaConf.to_container(ds_cfg), scenario, in_memory_max_rows], sort_keys=True)
     if key not in _DATA:
-        _DATA[key] = load_scenario(ds_cfg, scenario)
+        data = open_scenario(ds_cfg, scenario)
+        small = {s: getattr(data, s).in_memory() for s in SPLITS if len(getattr(data, s)) <= in_memory_max_rows}
+        _DATA[key] = replace(data, **small)
     return _DATA[key]
 
 
@@ -124,7 +128,8 @@ class Session:
         self.threads = torch_threads(context, self.cfg)
         self.scenario = scenario_of(context, self.cfg)
         with self.watch.time("data"):
-            self.data = scenario_data(dataset_config(context, self.cfg), self.scenario)
+            self.data = scenario_data(dataset_config(context, self.cfg), self.scenario,
+                                      int(self.cfg.train.in_memory_max_rows))
         with self.watch.time("model"):
             self.model: MMoE = self.new_model()
         strat = self.cfg.strategy
@@ -212,8 +217,9 @@ def eval_metrics(session: Session, model: MMoE, splits: list[str]) -> dict[str, 
     with session.watch.time("evaluate"):
         for split in splits:
             data = getattr(session.data, split)
-            metrics[f"{split}.n"] = int(data.y.shape[0])
-            for task, m in evaluate(model, data, session.data.task_names, int(session.cfg.eval.batch_size)).items():
+            metrics[f"{split}.n"] = len(data)
+            for task, m in evaluate(model, data, session.data.task_names, int(session.cfg.eval.batch_size),
+                                    str(session.cfg.train.device)).items():
                 metrics[f"{split}.{task}.auc"] = m["auc"]
                 metrics[f"{split}.{task}.logloss"] = m["logloss"]
     return metrics
@@ -265,7 +271,7 @@ def train(msg: Message, context: Context) -> Message:
                                            float(session.cfg.strategy.client.lam))
             personal.save(model.state_dict(), server_round)
             stats["personal_bce"] = pstats["train_bce"]
-    metrics: dict[str, Any] = {"num-examples": int(session.data.train.y.shape[0]), **stats, **evaluated,
+    metrics: dict[str, Any] = {"num-examples": len(session.data.train), **stats, **evaluated,
                                **session.watch.metrics()}
     if session.threads is not None:
         metrics["threads"] = session.threads
@@ -288,7 +294,7 @@ def evaluate_(msg: Message, context: Context) -> Message:
         session.restore(before_round=before)
         session.load_received(msg.content["arrays"])
     splits = [str(s) for s in config.get("splits", list(session.cfg.eval.splits))]
-    metrics: dict[str, Any] = {"num-examples": int(session.data.val.y.shape[0]),
+    metrics: dict[str, Any] = {"num-examples": len(session.data.val),
                                **eval_metrics(session, session.model, splits)}
     ckpt_dir = context.node_config.get("checkpoint-dir") or config.get("checkpoint-dir")
     if ckpt_dir:

@@ -222,6 +222,14 @@ def check_config(cfg: Any, rules: Rules, cross: Sequence[CrossCheck] = (), *, ow
             raise ConfigError(problem)
 
 
+def _device_ok(value: Any) -> bool:
+    """train.device: auto, cpu, cuda or cuda:<index> (trainer.device_problem, without importing torch)."""
+    if not isinstance(value, str):
+        return False
+    head, sep, index = value.partition(":")
+    return value in ("auto", "cpu", "cuda") or (head == "cuda" and sep == ":" and index.isdigit())
+
+
 # --- the client's rules ----------------------------------------------------------------
 CLIENT_RULES: dict[str, Rule] = {
     "seed": integer(0),  # numpy seeds the data splits with it: no negatives
@@ -237,6 +245,9 @@ CLIENT_RULES: dict[str, Rule] = {
     "train.weight_decay": number(0),
     "train.mu": number(0),
     "train.num_threads": integer(1, nullable=True),
+    "train.local_steps": integer(1, nullable=True),  # null = whole epochs
+    "train.device": Rule("auto, cpu, cuda or cuda:<index>", lambda v: _device_ok(v)),
+    "train.in_memory_max_rows": integer(0),
     "eval.every": integer(1),
     "eval.splits": list_of(one_of(EVAL_SPLITS), min_len=1, unique=True),
     "eval.batch_size": integer(1),

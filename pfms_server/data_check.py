@@ -85,18 +85,17 @@ def check_scenarios(cfg: DictConfig) -> None:
     The one call into the client's data code is here, so the entry point can change
     (a prepared store) without touching the callers.
     """
-    from pfms_client.data import DataValidationError, load_scenario
+    from pfms_client.data import DataValidationError, prepare_scenario
 
     for scenario in (str(s) for s in cfg.dataset.scenarios):
         key = _key(cfg.dataset, scenario)
         if key is not None and key in _PASSED:
             continue
-        try:
-            data = load_scenario(cfg.dataset, scenario)
+        try:  # validates while it builds the prepared store; a no-op when the store is current
+            prepare_scenario(cfg.dataset, scenario)
         except DataValidationError:
             raise
         except ValueError as exc:  # UnicodeDecodeError, pandas' and the split's ValueErrors
             raise _as_validation_error(cfg.dataset, scenario, exc) from exc
-        del data  # one scenario in memory at a time
         if (key := _key(cfg.dataset, scenario)) is not None:  # files may have just been generated
             _PASSED.add(key)

@@ -1,9 +1,11 @@
-"""Scenario data: schema, readers, validation, synthetic generators, MovieLens, tensors.
+"""Scenario data: schema, readers, validation, the prepared store, synthetic generators, MovieLens.
 
-``load_scenario(cfg.dataset, "NL")`` is the one call a client makes: it
+``open_scenario(cfg.dataset, "NL")`` is the one call a client makes: it
 generates synthetic data (``dataset.generator``) or converts fetched raw files
-(``dataset.source``, MovieLens) if needed, reads and validates the scenario's files
-(raising DataValidationError before any training) and returns tensors.
+(``dataset.source``, MovieLens) if needed, validates the scenario's files and
+converts them once into a prepared, memory-mapped store (``store``; raising
+DataValidationError before any training), and returns its splits mapped
+(``batches.StoreSplit``). ``load_scenario`` is the same, read into memory as tensors.
 
 The reading side is ``schema``, ``settings`` (the ``dataset`` node), ``errors``,
 ``readers``, ``encoding`` and ``tensors``; each source that makes data has its own
@@ -29,16 +31,21 @@ _EXPORTS = {
     "TensorSplit": "tensors",
 }
 
-__all__ = [*_EXPORTS, "ensure_generated", "load_scenario"]
+__all__ = [*_EXPORTS, "ensure_generated", "load_scenario", "open_scenario", "prepare_scenario"]
 
 
-def load_scenario(cfg_dataset: Any, scenario: str) -> ScenarioData:
-    """Generate (synthetic) or convert (raw source) -> read -> validate -> tensorise one scenario."""
-    from .readers import read_scenario
+def prepare_scenario(cfg_dataset: Any, scenario: str, progress: Any = None) -> Any:
+    """Generate (synthetic) or convert (raw source) if needed, then validate and convert
+    the scenario into its prepared store (store.py) unless an up-to-date one exists.
+    Returns the store's folder. ``progress(phase, rows, expected_rows_or_None)``."""
     from .settings import DatasetSettings
-    from .tensors import build_scenario_data
+    from .store import prepare_scenario as prepare
 
-    settings = DatasetSettings.from_config(cfg_dataset)
+    settings = (
+        cfg_dataset
+        if isinstance(cfg_dataset, DatasetSettings)
+        else DatasetSettings.from_config(cfg_dataset)
+    )
     settings.check_scenario(scenario)
     if settings.generator is not None:
         ensure_generated(settings, [scenario])
@@ -46,8 +53,23 @@ def load_scenario(cfg_dataset: Any, scenario: str) -> ScenarioData:
         from .movielens.convert import ensure_converted
 
         ensure_converted(settings, [scenario])
-    train_df, test_df = read_scenario(settings, scenario)
-    return build_scenario_data(scenario, train_df, test_df, settings)
+    return prepare(settings, scenario, progress)
+
+
+def open_scenario(cfg_dataset: Any, scenario: str) -> ScenarioData:
+    """Prepare on first use, then map the store: splits are StoreSplits read per batch."""
+    from .settings import DatasetSettings
+    from .store import open_store
+
+    settings = DatasetSettings.from_config(cfg_dataset)
+    return open_store(prepare_scenario(settings, scenario), settings, scenario)
+
+
+def load_scenario(cfg_dataset: Any, scenario: str) -> ScenarioData:
+    """open_scenario with every split read into memory as tensors (x_cat int64,
+    x_num float32, y float32): exactly what reading the files into frames and
+    tensors.build_scenario_data give."""
+    return open_scenario(cfg_dataset, scenario).in_memory()
 
 
 def ensure_generated(cfg_dataset: Any, scenarios: Sequence[str] | None = None) -> None:

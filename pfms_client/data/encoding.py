@@ -60,3 +60,12 @@ class NumericScaler:
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
+
+
+def validation_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random ``(train_idx, val_idx)``, each sorted so the file order is kept."""
+    n_val = int(round(n * fraction))
+    if n_val >= n:
+        raise ValueError(f"val_fraction {fraction} leaves no training rows out of {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

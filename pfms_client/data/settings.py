@@ -30,6 +30,7 @@ _COMMON_KEYS = (
     "numeric_transform",
     "max_rows",
     "generator",
+    "store_dir",
 )
 _LAYOUT_KEYS = {
     "aliexpress": ("scenario_dir", "train_file", "test_file"),
@@ -83,6 +84,7 @@ class DatasetSettings:
     max_rows: int | None = None
     generator: dict[str, Any] | None = None
     source: dict[str, Any] | None = None
+    store_dir: Path | None = None  # prepared stores (store.py); None = $PFMS_HOME/prepared
 
     @classmethod
     def from_config(cls, dataset_cfg: Any) -> DatasetSettings:
@@ -147,6 +149,10 @@ class DatasetSettings:
                     "or every scenario reads the same data"
                 )
 
+        store_dir = node.get("store_dir")
+        if store_dir is not None and not _is_name(store_dir):
+            raise ValueError(f"dataset.store_dir={store_dir!r}: expected a non-empty string (a folder) or null")
+
         max_rows = node.get("max_rows")
         if max_rows is not None:
             max_rows = _int(max_rows, "dataset.max_rows", 1, nullable=True)
@@ -167,6 +173,7 @@ class DatasetSettings:
             max_rows=max_rows,
             generator=generator,
             source=source,
+            store_dir=Path(str(store_dir)) if store_dir is not None else None,
         )
 
     def check_scenario(self, scenario: str) -> None:

@@ -7,15 +7,18 @@ val nor test statistics leak into the encoders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .encoding import CategoricalVocab, NumericScaler
+from .encoding import CategoricalVocab, NumericScaler, validation_indices
 from .schema import DatasetSchema
 from .settings import DatasetSettings
+
+
+__all__ = ["ScenarioData", "TensorSplit", "build_scenario_data", "task_labels", "validation_indices"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,28 @@ class TensorSplit:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    @property
+    def num_tasks(self) -> int:
+        return int(self.y.shape[1])
+
     def select(self, index: torch.Tensor | slice) -> TensorSplit:
         return TensorSplit(self.x_cat[index], self.x_num[index], self.y[index])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_cat, x_num, y) of the rows ``idx`` (the trainer's one way to read rows)."""
+        return self.x_cat[idx], self.x_num[idx], self.y[idx]
+
+    def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.x_cat[start:stop], self.x_num[start:stop], self.y[start:stop]
+
+    def labels(self) -> np.ndarray:
+        return self.y.numpy()
+
+    def positive_rates(self) -> list[float]:
+        return [float(r) for r in self.y.double().mean(dim=0)] if len(self) else []
+
+    def in_memory(self) -> TensorSplit:
+        return self
 
 
 @dataclass(frozen=True)
@@ -38,7 +61,7 @@ class ScenarioData:
     """Everything a client needs to build its model and train/evaluate on one scenario."""
 
     scenario: str
-    train: TensorSplit
+    train: TensorSplit  # or batches.StoreSplit (memory-mapped): the same reading methods
     val: TensorSplit
     test: TensorSplit
     field_dims: list[int]  # embedding rows per categorical field, OOV slot 0 included
@@ -54,16 +77,11 @@ class ScenarioData:
     @property
     def positive_rates(self) -> list[float]:
         """Train-part positive rate per task, e.g. to start an output bias at logit(rate)."""
-        return [float(r) for r in self.train.y.double().mean(dim=0)] if len(self.train) else []
+        return self.train.positive_rates()
 
-
-def validation_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random ``(train_idx, val_idx)``, each sorted so the file order is kept."""
-    n_val = int(round(n * fraction))
-    if n_val >= n:
-        raise ValueError(f"val_fraction {fraction} leaves no training rows out of {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    def in_memory(self) -> ScenarioData:
+        """Every split read into contiguous tensors (a store's splits are mapped until then)."""
+        return replace(self, train=self.train.in_memory(), val=self.val.in_memory(), test=self.test.in_memory())
 
 
 def task_labels(df: pd.DataFrame, schema: DatasetSchema) -> np.ndarray:

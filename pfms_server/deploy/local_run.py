@@ -83,6 +83,17 @@ def checked_config(overrides: str) -> Any:
     return load_run_config(overrides)
 
 
+def federation_config(cfg: Any, k: int) -> str:
+    """``num-supernodes=k``, plus each ClientApp's Ray GPU share when train.device is (or auto finds) cuda."""
+    device = str(cfg.train.device)
+    if device == "cpu":
+        return f"num-supernodes={k}"
+    from pfms_client.trainer import client_gpu_share
+
+    gpus = client_gpu_share(device, k)
+    return f"num-supernodes={k}" + (f" client-resources-num-gpus={gpus:g}" if gpus else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pfms-run",
@@ -99,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = " ".join(args.overrides)
     try:  # before any process starts: a bad value stops here, naming its key
         cfg = checked_config(overrides)
+        fed_config = federation_config(cfg, len(cfg.dataset.scenarios))  # a cuda device this machine lacks stops here
     except ValueError as exc:  # ConfigError
         print(f"pfms-run: {exc}", file=sys.stderr)
         return 2
@@ -135,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     run_cmd = [
         str(bindir / "flwr"), "run", str(app), CONNECTION, "--stream",
-        "--federation-config", f"num-supernodes={k}",
+        "--federation-config", fed_config,
     ]
     if overrides:
         run_cmd += ["--run-config", f"overrides={overrides!r}"]

@@ -79,7 +79,7 @@ def undecodable_file(es: Path) -> str:
     raw[4] = raw[4][:cut + 1] + b"\xff\xfe" + raw[4][cut + 1:]
     (es / "test.csv").write_bytes(b"\n".join(raw))
     column = raw[0].decode().split(",")[raw[4][:cut + 1].count(b",")]
-    return f"{es / 'test.csv'} line 5, column '{column}': bytes b'\\xff' are not utf-8"
+    return f"{es / 'test.csv'} line 5, column '{column}': undecodable bytes b'\\xff' (the file must be UTF-8 text)"
 
 
 BREAKS = [missing_test_file, non_numeric_cell, conversion_without_click, truncated_row, undecodable_file]
@@ -137,8 +137,8 @@ def test_a_passed_check_is_not_repeated_until_a_file_changes(pfms_home, tmp_path
     cfg = load_config([f"paths.home={pfms_home}", "dataset=aliexpress", f"dataset.root={root}",
                        "dataset.scenarios=[NL,ES]"])
     calls = []
-    real = data.load_scenario
-    monkeypatch.setattr(data, "load_scenario", lambda ds, s: calls.append(s) or real(ds, s))
+    real = data.prepare_scenario
+    monkeypatch.setattr(data, "prepare_scenario", lambda ds, s, *a, **k: calls.append(s) or real(ds, s, *a, **k))
     check_scenarios(cfg)
     check_scenarios(cfg)
     assert calls == ["NL", "ES"]

@@ -13,7 +13,14 @@ from omegaconf import OmegaConf
 
 from conftest import CONF_DATASET as CONF, FIXTURES
 from pfms_client.data import DataValidationError
-from pfms_client.data.readers import read_aliexpress, read_csv_checked, read_scenario, read_tenrec
+from pfms_client.data.readers import (
+    SlowPathNeeded,
+    iter_checked_chunks,
+    read_aliexpress,
+    read_csv_checked,
+    read_scenario,
+    read_tenrec,
+)
 from pfms_client.data.schema import DatasetSchema
 
 ALI_DIR = FIXTURES / "aliexpress_sample"
@@ -107,7 +114,20 @@ def _set(rows: list[list[str]], line: int, column: str, value: str) -> None:
     rows[line - 1][rows[0].index(column)] = value
 
 
+def _streamed(path: Path, engine: str) -> None:
+    """The prepare path (pfms-prepare): chunks of 7 rows, so offsets across chunks count."""
+    try:
+        list(iter_checked_chunks(path, ALI_SCHEMA, chunk_rows=7, engine=engine))
+    except SlowPathNeeded:
+        list(iter_checked_chunks(path, ALI_SCHEMA, chunk_rows=7, engine="pandas"))
+
+
 def _expect(path: Path, column: str | None, line: int | None, words: str) -> DataValidationError:
+    for engine in ("arrow", "pandas"):  # the streaming reader: the same error as read_csv_checked
+        with pytest.raises(DataValidationError) as info:
+            _streamed(path, engine)
+        err = info.value
+        assert (err.file, err.column, err.line, err.reason) == (str(path), column, line, _reason(path)), engine
     with pytest.raises(DataValidationError) as info:
         read_csv_checked(path, ALI_SCHEMA)
     err = info.value
@@ -119,6 +139,14 @@ def _expect(path: Path, column: str | None, line: int | None, words: str) -> Dat
     if column is not None:
         assert f"column '{column}'" in text
     return err
+
+
+def _reason(path: Path) -> str:
+    try:
+        read_csv_checked(path, ALI_SCHEMA)
+    except DataValidationError as exc:
+        return exc.reason
+    raise AssertionError(f"{path} is valid")
 
 
 def test_missing_column(tmp_path):
