@@ -5,6 +5,7 @@ import pytest
 
 from conftest import inprocess_overrides, run_inprocess
 from pfms_server.experiments.inprocess import InProcessGrid
+from pfms_server.strategy import ScenarioStrategy
 
 SMALL = ["dataset.generator.rows_train=4000", "dataset.generator.rows_test=2000"]
 
@@ -29,6 +30,9 @@ class CrashingGrid(InProcessGrid):
         # Round 2 is aggregated and checkpointed; its evaluation replies are lost.
         if self.when == "during-eval-2" and kind == "evaluate" and self.sent["evaluate"] == 2:
             raise RuntimeError("server killed")
+        # One message per round: all four rounds are aggregated; the final evaluation is lost.
+        if self.when == "during-final-eval" and kind == "evaluate" and self.sent["evaluate"] == 1:
+            raise RuntimeError("server killed")
         return replies
 
 
@@ -44,9 +48,14 @@ def uninterrupted(pfms_home, tmp_path_factory):
     return base, full, summary
 
 
-@pytest.mark.parametrize("when", ["before-train-3", "after-train-3", "during-eval-2"])
-def test_resumed_run_matches_uninterrupted_run(uninterrupted, tmp_path, when):
+@pytest.mark.parametrize("when, merged, done", [
+    ("before-train-3", True, 2), ("after-train-3", True, 2),
+    ("during-eval-2", False, 2),  # a separate evaluate message per round (partial participation's schedule)
+    ("during-final-eval", True, 4),
+])
+def test_resumed_run_matches_uninterrupted_run(uninterrupted, tmp_path, monkeypatch, when, merged, done):
     base, full, full_summary = uninterrupted
+    monkeypatch.setattr(ScenarioStrategy, "EVAL_WITH_TRAIN", merged)
     nodes = {"state-dir": str(tmp_path / "client-state")}  # clients keep local state on disk
     CrashingGrid.when, CrashingGrid.sent = when, {"train": 0, "evaluate": 0}
     with pytest.raises(RuntimeError, match="server killed"):
@@ -54,7 +63,7 @@ def test_resumed_run_matches_uninterrupted_run(uninterrupted, tmp_path, when):
     # A new server process and new SuperNode contexts: only the files on disk survive.
     _, resumed, summary = run_inprocess([*base, f"resume={tmp_path / 'crashed'}"], tmp_path / "unused",
                                         node_extra=nodes)
-    assert resumed.round_offset == 2 and resumed.state.round == 4
+    assert resumed.round_offset == done and resumed.state.round == 4
     assert _rows(resumed) == _rows(full)  # every round, metric for metric
     assert summary["test_mean_auc"] == full_summary["test_mean_auc"]
     for name in full.state.scenarios:
