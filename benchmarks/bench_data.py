@@ -130,9 +130,9 @@ def child_train(folder: Path, device: str, batches: int, repeats: int) -> None:
     bs = int(cfg.train.batch_size)
     plan = list(batch_indices(len(stream), bs, torch.Generator().manual_seed(7), steps=batches))
     used = np.unique(torch.cat(plan).numpy())
-    memory = TensorSplit(torch.from_numpy(np.asarray(stream.x_cat[used], dtype=np.int64)),
-                         torch.from_numpy(np.asarray(stream.x_num[used])),
-                         torch.from_numpy(np.asarray(stream.y[used], dtype=np.float32)))
+    x_cat, x_num, y = stream.take(used)
+    memory = TensorSplit(torch.from_numpy(x_cat.astype(np.int64)), torch.from_numpy(x_num),
+                         torch.from_numpy(y.astype(np.float32)))
     compact = [torch.from_numpy(np.searchsorted(used, idx.numpy())) for idx in plan]
     dev = resolve_device(device)
 

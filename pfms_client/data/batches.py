@@ -49,45 +49,54 @@ def batch_indices(n: int, batch_size: int, gen: torch.Generator, *, epochs: int 
 
 @dataclass(frozen=True)
 class StoreSplit:
-    """One split of a prepared store, memory-mapped: rows are read per batch."""
+    """One split of a prepared store, memory-mapped: rows are read per batch.
+
+    The arrays hold every row of a source file; ``index`` (sorted row numbers, mapped
+    too) picks the split's rows from them, or is None when the split is the whole file.
+    Row ``i`` of the split is row ``index[i]`` of the arrays.
+    """
 
     x_cat: np.ndarray  # int32 [N, F], 0 = out-of-vocabulary
     x_num: np.ndarray  # float32 [N, Dn]
     y: np.ndarray  # uint8 [N, T]
+    index: np.ndarray | None = None  # int64 [n], sorted; None = all N rows
     rates: dict[str, float] | None = None  # positive rate per task, from the manifest
 
     def __len__(self) -> int:
-        return int(self.y.shape[0])
+        return int(self.index.shape[0] if self.index is not None else self.y.shape[0])
 
     @property
     def num_tasks(self) -> int:
         return int(self.y.shape[1])
 
+    def take(self, i: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x_cat, x_num, y) of the split's rows ``i``: new arrays in the stored dtypes."""
+        if self.index is not None:
+            i = np.asarray(self.index[i])
+        return np.array(self.x_cat[i]), np.array(self.x_num[i]), np.array(self.y[i])
+
+    def _tensors(self, i: np.ndarray | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_cat, x_num, y = self.take(i)
+        return (torch.from_numpy(x_cat.astype(np.int64)), torch.from_numpy(x_num),
+                torch.from_numpy(y.astype(np.float32)))
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_cat int64, x_num float32, y float32) of the rows ``idx``."""
-        i = idx.numpy()
-        return (torch.from_numpy(np.asarray(self.x_cat[i], dtype=np.int64)),
-                torch.from_numpy(np.asarray(self.x_num[i])),
-                torch.from_numpy(np.asarray(self.y[i], dtype=np.float32)))
+        return self._tensors(idx.numpy())
 
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (torch.from_numpy(np.array(self.x_cat[start:stop], dtype=np.int64)),
-                torch.from_numpy(np.array(self.x_num[start:stop])),
-                torch.from_numpy(np.array(self.y[start:stop], dtype=np.float32)))
+        return self._tensors(slice(start, stop))
 
     def labels(self) -> np.ndarray:
-        """[N, T] float32 labels (1 byte per row and task read from the store)."""
-        return np.asarray(self.y, dtype=np.float32)
+        """[n, T] float32 labels (1 byte per row and task read from the store)."""
+        y = self.y if self.index is None else self.y[np.asarray(self.index)]
+        return np.asarray(y, dtype=np.float32)
 
     def positive_rates(self) -> list[float]:
         if self.rates is not None:
             return [float(r) for r in self.rates.values()]
-        return [float(r) for r in np.asarray(self.y, dtype=np.float64).mean(axis=0)] if len(self) else []
+        return [float(r) for r in self.labels().astype(np.float64).mean(axis=0)] if len(self) else []
 
     def in_memory(self) -> TensorSplit:
         """The whole split as contiguous tensors (the types load_scenario always returned)."""
-        return TensorSplit(
-            x_cat=torch.from_numpy(np.array(self.x_cat, dtype=np.int64)),
-            x_num=torch.from_numpy(np.array(self.x_num, dtype=np.float32)),
-            y=torch.from_numpy(np.array(self.y, dtype=np.float32)),
-        )
+        return TensorSplit(*self._tensors(slice(None)))

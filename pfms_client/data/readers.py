@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -268,9 +268,20 @@ class Chunk:
     labels: np.ndarray  # int8 [n, L], schema.labels order
 
     first_row: int
+    extra: Any = None  # what the caller's ``annotate`` made of the chunk
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def head(self, n: int, annotate: Annotate | None) -> Chunk:
+        """The first ``n`` rows (``annotate`` is run again on them)."""
+        part = replace(self, cat=self.cat[:n], num=self.num[:n], labels=self.labels[:n], extra=None)
+        return replace(part, extra=annotate(part)) if annotate is not None else part
+
+
+# Runs on every chunk before it is yielded, in the parsing threads where there are some
+# (the caller's per-chunk work, such as hashing ids, then uses every core).
+Annotate = Callable[[Chunk], Any]
 
 
 class SlowPathNeeded(Exception):
@@ -285,35 +296,42 @@ def iter_checked_chunks(
     max_rows: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
     engine: str = "arrow",
+    annotate: Annotate | None = None,
 ) -> Iterator[Chunk]:
     """Validated chunks of a CSV (or ``.parquet``) file in file order.
 
     Raises the DataValidationError read_csv_checked raises for the same file (file,
     line, column and reason), and one for bytes that are not UTF-8. ``engine='arrow'``
-    parses with pyarrow (in a background thread, so parsing and the caller's encoding
-    use both cores) and checks each chunk with whole-column numpy tests; on anything it
-    refuses or a check fails, the file is read again with pandas in chunks to find
-    today's exact message; if pandas accepts the file, SlowPathNeeded asks the caller to
-    restart with ``engine='pandas'``.
+    cuts the file into segments that parsing threads turn into checked chunks (parse,
+    whole-column numpy tests, ``annotate``), so a caller's own work overlaps with them;
+    a chunk is then one segment's rows, and ``chunk_rows`` applies to the other
+    engines. On anything pyarrow refuses or a check fails, the file is read again with
+    pandas in chunks to find today's exact message; if pandas accepts the file,
+    SlowPathNeeded asks the caller to restart with ``engine='pandas'``.
     """
     path = Path(path)
     if not path.is_file():
         what = "is a directory, expected a CSV file" if path.is_dir() else "file not found"
         raise DataValidationError(path, what)
     if path.suffix == ".parquet":
-        yield from _parquet_chunks(path, schema, max_rows, chunk_rows)
+        yield from _annotated(_parquet_chunks(path, schema, max_rows, chunk_rows), annotate)
         return
     header = _read_header_checked(path)
     _check_header(path, header, schema)
     if engine == "pandas":
-        yield from _pandas_chunks(path, header, schema, max_rows, chunk_rows)
+        yield from _annotated(_pandas_chunks(path, header, schema, max_rows, chunk_rows), annotate)
         return
     try:
-        yield from _arrow_chunks(path, header, schema, max_rows, chunk_rows)
+        yield from _arrow_chunks(path, header, schema, max_rows, annotate)
     except _ArrowRefused:
         for _ in _pandas_chunks(path, header, schema, max_rows, chunk_rows):
             pass  # raises today's message for a bad file
         raise SlowPathNeeded(str(path)) from None
+
+
+def _annotated(chunks: Iterator[Chunk], annotate: Annotate | None) -> Iterator[Chunk]:
+    for chunk in chunks:
+        yield replace(chunk, extra=annotate(chunk)) if annotate is not None else chunk
 
 
 class _ArrowRefused(Exception):
@@ -343,13 +361,16 @@ def _segments(buf: Any, start: int, size: int) -> Iterator[tuple[int, int]]:
         start = end
 
 
-def _parsed_batches(path: Path, header: list[str], options: dict[str, Any]) -> Iterator[Any]:
-    """The data lines' record batches in file order, parsed by PARSE_THREADS threads.
+def _parsed_chunks(path: Path, header: list[str], schema: DatasetSchema, options: dict[str, Any],
+                   annotate: Annotate | None) -> Iterator[Chunk | None]:
+    """Each segment's checked chunk (None for a segment without rows) in file order,
+    made by PARSE_THREADS threads; ``first_row`` is left 0 for the caller to set.
 
     The file is memory-mapped and cut at newlines into ``_SEGMENT_BYTES`` segments after
-    the header line; each is parsed on its own (pyarrow releases the GIL), at most
-    ``2 * PARSE_THREADS`` segments ahead of the consumer. A cut inside a quoted field
-    cannot pass unnoticed: the halves fail to parse and the file goes to pandas.
+    the header line; each is parsed, converted, checked and annotated on its own
+    (pyarrow and numpy's copies release the GIL), at most ``2 * PARSE_THREADS`` segments
+    ahead of the consumer. A cut inside a quoted field cannot pass unnoticed: the
+    halves fail to parse and the file goes to pandas.
     """
     import pyarrow as pa
     from concurrent.futures import ThreadPoolExecutor
@@ -361,20 +382,24 @@ def _parsed_batches(path: Path, header: list[str], options: dict[str, Any]) -> I
         first = len(fh.readline())  # the header line, newline included
     read = pacsv.ReadOptions(column_names=header, block_size=_ARROW_BLOCK_BYTES, use_threads=False)
 
-    def parse(span: tuple[int, int]) -> Any:
-        return pacsv.read_csv(pa.BufferReader(buf.slice(span[0], span[1] - span[0])), read_options=read,
-                              **options).to_batches()
+    def work(span: tuple[int, int]) -> Chunk | None:
+        batches = [b for b in pacsv.read_csv(pa.BufferReader(buf.slice(span[0], span[1] - span[0])),
+                                             read_options=read, **options).to_batches() if b.num_rows]
+        if not batches:
+            return None
+        chunk = _arrow_to_chunk(batches, schema, 0)
+        return replace(chunk, extra=annotate(chunk)) if annotate is not None else chunk
 
     threads = parse_threads()
     pool = ThreadPoolExecutor(threads, thread_name_prefix="pfms-csv-parse")
     try:
         ahead: list[Any] = []
         for span in _segments(buf, first, _SEGMENT_BYTES):
-            ahead.append(pool.submit(parse, span))
+            ahead.append(pool.submit(work, span))
             if len(ahead) > 2 * threads:
-                yield from ahead.pop(0).result()
+                yield ahead.pop(0).result()
         for future in ahead:
-            yield from future.result()
+            yield future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         mapped.close()
@@ -391,7 +416,7 @@ def parse_threads() -> int:
 
 
 def _arrow_chunks(
-    path: Path, header: list[str], schema: DatasetSchema, max_rows: int | None, chunk_rows: int
+    path: Path, header: list[str], schema: DatasetSchema, max_rows: int | None, annotate: Annotate | None
 ) -> Iterator[Chunk]:
     import pyarrow as pa
     from pyarrow import csv as pacsv
@@ -403,25 +428,17 @@ def _arrow_chunks(
     options = {"parse_options": pacsv.ParseOptions(ignore_empty_lines=False),
                "convert_options": pacsv.ConvertOptions(column_types=types, include_columns=wanted)}
     row = 0
-    pending: list[Any] = []
-    pending_rows = 0
     try:
-        for batch in _parsed_batches(path, header, options):
-            if max_rows is not None and row + pending_rows + batch.num_rows > max_rows:
-                batch = batch.slice(0, max_rows - row - pending_rows)
-            if batch.num_rows:
-                pending.append(batch)
-                pending_rows += batch.num_rows
-            done = max_rows is not None and row + pending_rows >= max_rows
-            if pending_rows >= chunk_rows or (done and pending):
-                yield _arrow_to_chunk(pending, schema, row)
-                row += pending_rows
-                pending, pending_rows = [], 0
-            if done:
+        for chunk in _parsed_chunks(path, header, schema, options, annotate):
+            if chunk is None:
+                continue
+            if max_rows is not None and row + len(chunk) > max_rows:
+                chunk = chunk.head(max_rows - row, annotate)
+            if len(chunk):
+                yield replace(chunk, first_row=row)
+                row += len(chunk)
+            if max_rows is not None and row >= max_rows:
                 break
-        if pending:
-            yield _arrow_to_chunk(pending, schema, row)
-            row += pending_rows
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise _ArrowRefused() from exc
     if row == 0:

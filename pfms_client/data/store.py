@@ -2,29 +2,37 @@
 
 ``prepare_scenario`` reads a scenario's source files (CSV or Parquet) in one
 streaming pass of validated chunks (readers.iter_checked_chunks) and writes, per
-split, ``<split>/x_cat.npy`` (int32 indices after the vocabulary fitted on the
-train part, 0 = out of vocabulary), ``<split>/x_num.npy`` (float32, scaled as
-``numeric_transform`` says) and ``<split>/y.npy`` (uint8 task labels), plus
-``manifest.json``: the format version, the settings that shape the encoding, a
-fingerprint of every source file, row counts, vocabulary sizes and label rates.
-``open_store`` maps the arrays (``np.load(mmap_mode='r')``): opening costs
-milliseconds and no memory grows with the row count.
+source file, ``rows/<source>/x_cat.npy`` (int32 indices after the vocabulary fitted
+on the train part, 0 = out of vocabulary), ``rows/<source>/x_num.npy`` (float32,
+scaled as ``numeric_transform`` says) and ``rows/<source>/y.npy`` (uint8 task
+labels), all rows in file order; a split that is part of a file (train and val
+carved from train.csv, or every split of a one-file layout) is
+``splits/<split>.npy``, its sorted row numbers. ``manifest.json`` holds the format
+version, the settings that shape the encoding, a fingerprint of every source file,
+row counts, vocabulary sizes and label rates. ``open_store`` maps the arrays
+(``np.load(mmap_mode='r')``): opening costs milliseconds and no memory grows with
+the row count.
 
 How it is built, and why it equals the in-memory encoding (tensors.py) exactly:
 pass 1 gives each raw id of a field a provisional index in order of first
 appearance (memory: the field's distinct ids) and writes provisional indices,
-float32 numericals and labels to scratch files; then the split is drawn exactly as
-``validation_indices`` (and, for one-file layouts, ``split_rows``) draw it; the ids
-counted on the train part (min_count) get their final index in sorted raw-id order
-(CategoricalVocab's order); pass 2 gathers each split's rows (sorted indices, so
-nearly sequential reads) and remaps them. ``standardize`` takes mean and std of the
-float32-rounded train values (the in-memory path uses float64 inputs: the scaled
-values then differ by about 1e-7 relative; ``none``, the default, is exact).
+float32 numericals and task labels to the final files (parsing, checking, hashing
+ids and task labels run in the parsing threads; the order-dependent index table in
+the caller); then the split is drawn exactly as ``validation_indices`` (and, for
+one-file layouts, ``split_rows``) draw it; the ids counted on the train part
+(min_count) get their final index in sorted raw-id order (CategoricalVocab's order);
+pass 2 rewrites x_cat in place with the final indices (4 bytes per id: the
+numericals, most of the bytes, are written once). ``standardize`` takes mean and
+std of the float32-rounded train values and rewrites x_num in place (the in-memory
+path uses float64 inputs: the scaled values then differ by about 1e-7 relative;
+``none``, the default, is exact). Splits kept as row numbers rather than copies
+spare a second write of every row (benchmarks/bench_data.py measures the rate).
 
 A store is rebuilt when a source file, the schema or an encoding setting changes.
-It is built in a temporary folder beside its place and renamed into it, so a crash
-leaves the old store or none; an exclusive ``fcntl.flock`` on a lock file beside
-it makes a second process preparing the same scenario wait, then reuse it.
+It is built in a temporary folder beside its place, every file synced, and renamed
+into it, so a crash leaves the old store or none; an exclusive ``fcntl.flock`` on a
+lock file beside it makes a second process preparing the same scenario wait, then
+reuse it.
 """
 
 from __future__ import annotations
@@ -49,11 +57,13 @@ from .errors import DataValidationError
 from .readers import SlowPathNeeded, iter_checked_chunks
 from .settings import DatasetSettings
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
+ROWS_DIR = "rows"  # rows/<source>/{x_cat,x_num,y}.npy: every row of a source file, in file order
+SPLITS_DIR = "splits"  # splits/<split>.npy: a split's sorted row numbers in its source
 FINGERPRINT_BYTES = 1 << 16  # hashed from the head and the tail of every source file
-GATHER_ROWS = 262_144  # rows per step of the second pass
+GATHER_ROWS = 262_144  # rows per step of the passes over the written arrays
 
 # progress(phase, rows_done, rows_expected or None)
 Progress = Callable[[str, int, "int | None"], None]
@@ -182,6 +192,14 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def factorized(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, distinct ids in order of first appearance) of one column of raw ids."""
+    import pandas as pd
+
+    codes, uniq = pd.factorize(col, sort=False)
+    return codes, np.asarray(uniq, dtype=np.int64)
+
+
 class _IdTable:
     """Raw ids of one field -> provisional indices in order of first appearance.
 
@@ -207,10 +225,10 @@ class _IdTable:
         self.raw_by_prov = list(raw)
 
     def index(self, col: np.ndarray) -> np.ndarray:
-        import pandas as pd
+        return self.lookup(*factorized(col))
 
-        codes, uniq = pd.factorize(col, sort=False)
-        uniq = np.asarray(uniq, dtype=np.int64)
+    def lookup(self, codes: np.ndarray, uniq: np.ndarray) -> np.ndarray:
+        """Provisional indices of a column given as ``factorized`` made it."""
         prov = np.empty(len(uniq), dtype=np.int64)
         missing = np.arange(len(uniq))
         for ids, where in ((self.main_ids, self.main_prov), (self.new_ids, self.new_prov)):
@@ -236,33 +254,10 @@ class _IdTable:
                 self.main_ids = ids[order]
                 self.main_prov = np.concatenate([self.main_prov, self.new_prov])[order]
                 self.new_ids = self.new_prov = np.zeros(0, dtype=np.int64)
-        return prov[codes].astype(np.int32)
+        return prov.astype(np.int32)[codes]
 
     def raw_ids(self) -> np.ndarray:
         return np.concatenate(self.raw_by_prov) if self.raw_by_prov else np.zeros(0, dtype=np.int64)
-
-
-@dataclass
-class _Scratch:
-    """Pass 1's output for one source file: provisional ids, float32 numericals, labels."""
-
-    folder: Path
-    role: str
-    rows: int = 0
-
-    def path(self, what: str) -> Path:
-        return self.folder / f"{self.role}.{what}.raw"
-
-    def arrays(self, num_cat: int, num_num: int, num_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (_raw_map(self.path("cat"), np.int32, (self.rows, num_cat)),
-                _raw_map(self.path("num"), np.float32, (self.rows, num_num)),
-                _raw_map(self.path("lab"), np.int8, (self.rows, num_labels)))
-
-
-def _raw_map(path: Path, dtype: Any, shape: tuple[int, int]) -> np.ndarray:
-    if shape[0] * shape[1] == 0:
-        return np.zeros(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
 
 def _expected_rows(path: Path, max_rows: int | None) -> int | None:
@@ -280,40 +275,67 @@ def _expected_rows(path: Path, max_rows: int | None) -> int | None:
     return min(est, max_rows) if max_rows is not None else est
 
 
-def _read_source(path: Path, scratch: _Scratch, settings: DatasetSettings, tables: list[_IdTable],
-                 progress: Progress | None) -> None:
-    """Pass 1 over one file; a file pyarrow refuses but pandas accepts is read again with pandas."""
+def _task_labels(labels: np.ndarray, schema: Any) -> np.ndarray:
+    """uint8 [n, T]: task t is 1 where every label it needs is 1."""
+    col = {c: j for j, c in enumerate(schema.labels)}
+    tasks = np.empty((labels.shape[0], schema.num_tasks), dtype=np.uint8)
+    for t, task in enumerate(schema.tasks):
+        tasks[:, t] = np.logical_and.reduce([labels[:, col[c]] == 1 for c in task.all_of])
+    return tasks
+
+
+def _annotator(schema: Any) -> Callable[[Any], Any]:
+    """The per-chunk work that needs no shared state, done in the parsing threads: each
+    field's ids factorized, and the task labels."""
+    def annotate(chunk: Any) -> Any:
+        return [factorized(chunk.cat[:, f]) for f in range(chunk.cat.shape[1])], _task_labels(chunk.labels, schema)
+    return annotate
+
+
+def _read_source(path: Path, folder: Path, settings: DatasetSettings, tables: list[_IdTable],
+                 progress: Progress | None) -> int:
+    """Pass 1 over one file: ``folder/{x_cat,x_num,y}.npy`` (x_cat in provisional indices);
+    a file pyarrow refuses but pandas accepts is read again with pandas. Returns its rows."""
+    schema = settings.schema
     expected = _expected_rows(path, settings.max_rows)
+    annotate = _annotator(schema)
+    folder.mkdir(parents=True, exist_ok=True)
     for engine in ("arrow", "pandas"):
         saved = [t.snapshot() for t in tables]
-        scratch.rows = 0
+        x_cat = _NpyWriter(folder / "x_cat.npy", np.int32, len(schema.categorical))
+        x_num = _NpyWriter(folder / "x_num.npy", np.float32, len(schema.numerical))
+        y = _NpyWriter(folder / "y.npy", np.uint8, schema.num_tasks)
         try:
-            with open(scratch.path("cat"), "wb") as fc, open(scratch.path("num"), "wb") as fn, \
-                    open(scratch.path("lab"), "wb") as fl:
-                for chunk in iter_checked_chunks(path, settings.schema, max_rows=settings.max_rows, engine=engine):
-                    prov = np.empty((len(tables), len(chunk)), dtype=np.int32)  # column-major
-                    for f, table in enumerate(tables):
-                        prov[f] = table.index(chunk.cat[:, f])
-                    fc.write(prov.T.tobytes())  # row-major on disk
-                    fn.write(np.ascontiguousarray(chunk.num, dtype=np.float32).data)
-                    fl.write(np.ascontiguousarray(chunk.labels).data)
-                    scratch.rows += len(chunk)
-                    if progress is not None:
-                        progress(f"read {path.name}", scratch.rows, expected)
-            return
+            for chunk in iter_checked_chunks(path, schema, max_rows=settings.max_rows, engine=engine,
+                                             annotate=annotate):
+                ids, tasks = chunk.extra
+                prov = np.empty((len(tables), len(chunk)), dtype=np.int32)  # column-major
+                for f, (table, (codes, uniq)) in enumerate(zip(tables, ids, strict=True)):
+                    prov[f] = table.lookup(codes, uniq)
+                x_cat.write(prov.T)
+                x_num.write(chunk.num)
+                y.write(tasks)
+                if progress is not None:
+                    progress(f"read {path.name}", y.rows, expected)
+            for writer in (x_cat, x_num, y):
+                writer.finish()
+            return y.rows
         except SlowPathNeeded:
             for t, state in zip(tables, saved, strict=True):
                 t.restore(state)
+        finally:
+            for writer in (x_cat, x_num, y):
+                writer.fh.close()
     raise AssertionError("unreachable: the pandas engine never asks for a slower path")
 
 
-def _split_rows(settings: DatasetSettings, scratches: dict[str, _Scratch],
+def _split_rows(settings: DatasetSettings, counts: dict[str, int],
                 paths: dict[str, Path]) -> dict[str, tuple[str, np.ndarray | None]]:
     """Each split as (source role, sorted row indices or None = every row): the same draws
     as readers.split_rows and tensors.validation_indices."""
     split = settings.split
-    if "all" in scratches:  # one file: seeded test rows first, then val off the rest
-        n = scratches["all"].rows
+    if "all" in counts:  # one file: seeded test rows first, then val off the rest
+        n = counts["all"]
         assert split.test_fraction is not None and split.test_seed is not None
         n_held = int(round(n * split.test_fraction))
         if n_held == 0 or n_held == n:
@@ -324,89 +346,87 @@ def _split_rows(settings: DatasetSettings, scratches: dict[str, _Scratch],
         rest = np.flatnonzero(~held)
         t_idx, v_idx = validation_indices(len(rest), split.val_fraction, split.seed)
         return {"train": ("all", rest[t_idx]), "val": ("all", rest[v_idx]), "test": ("all", np.flatnonzero(held))}
-    t_idx, v_idx = validation_indices(scratches["train"].rows, split.val_fraction, split.seed)
+    t_idx, v_idx = validation_indices(counts["train"], split.val_fraction, split.seed)
     return {"train": ("train", t_idx), "val": ("train", v_idx), "test": ("test", None)}
 
 
-def _chunks(n: int, rows: np.ndarray | None) -> Iterator[tuple[int, int, np.ndarray | slice]]:
+def _blocks(n: int, rows: np.ndarray | None) -> Iterator[tuple[int, int, np.ndarray | slice]]:
+    """``(a, b, sel)`` over ``[0, n)`` in GATHER_ROWS steps: ``sel`` picks, within rows
+    ``a..b-1``, those of the sorted index ``rows`` (every row when None)."""
     for a in range(0, n, GATHER_ROWS):
         b = min(n, a + GATHER_ROWS)
-        yield a, b, (rows[a:b] if rows is not None else slice(a, b))
+        if rows is None:
+            yield a, b, slice(None)
+        else:
+            lo, hi = np.searchsorted(rows, [a, b])
+            yield a, b, rows[lo:hi] - a
 
 
 def _build(tmp: Path, settings: DatasetSettings, scenario: str, wanted: dict[str, Any],
            progress: Progress | None) -> None:
     t0 = time.perf_counter()
     schema = settings.schema
-    n_cat, n_num, n_lab = len(schema.categorical), len(schema.numerical), len(schema.labels)
     paths = sources(settings, scenario)
     tables = [_IdTable() for _ in schema.categorical]
-    scratches = {role: _Scratch(tmp, role) for role in paths}
-    for role, path in paths.items():
-        _read_source(path, scratches[role], settings, tables, progress)
-    splits = _split_rows(settings, scratches, paths)
-    arrays = {role: s.arrays(n_cat, n_num, n_lab) for role, s in scratches.items()}
+    counts = {role: _read_source(path, tmp / ROWS_DIR / role, settings, tables, progress)
+              for role, path in paths.items()}
+    splits = _split_rows(settings, counts, paths)
+    arrays = {role: _source_arrays(tmp, role) for role in paths}
 
     # vocabularies: ids counted on the train part, final index in sorted raw-id order
     role, rows = splits["train"]
-    n_train = len(rows) if rows is not None else scratches[role].rows
-    counts = [np.zeros(t.count, dtype=np.int64) for t in tables]
-    for a, b, sel in _chunks(n_train, rows):
-        prov = np.asarray(arrays[role][0][sel])
-        for f in range(n_cat):
-            counts[f] += np.bincount(prov[:, f], minlength=tables[f].count)
+    seen = [np.zeros(t.count, dtype=np.int64) for t in tables]
+    for a, b, sel in _blocks(counts[role], rows):
+        prov = np.asarray(arrays[role][0][a:b])[sel]
+        for f in range(len(tables)):
+            seen[f] += np.bincount(prov[:, f], minlength=tables[f].count)
     remaps, field_dims = [], []
     for f, table in enumerate(tables):
-        kept = np.flatnonzero(counts[f] >= settings.min_count)
+        kept = np.flatnonzero(seen[f] >= settings.min_count)
         order = kept[np.argsort(table.raw_ids()[kept], kind="stable")]
         remap = np.full(table.count, OOV_INDEX, dtype=np.int32)
         remap[order] = np.arange(1, len(order) + 1, dtype=np.int32)
         remaps.append(remap)
         field_dims.append(len(order) + 1)
-    mean, std = _scaler(settings.numeric_transform, arrays[role][1], rows, n_train, n_num)
+    mean, std = _scaler(settings.numeric_transform, arrays[role][1], rows, counts[role])
+    del arrays
 
-    label_col = {c: j for j, c in enumerate(schema.labels)}
-    # one gather remaps every field: provisional index + the field's offset into all remaps
+    # pass 2, in place: provisional -> final indices (one gather for every field), scaling
     offsets = np.cumsum([0] + [len(r) for r in remaps[:-1]]).astype(np.int64)
     flat_remap = np.concatenate(remaps) if remaps else np.zeros(0, dtype=np.int32)
-    rows_out, rates = {}, {}
-    done, total = 0, sum(len(r) if r is not None else scratches[s].rows for s, r in splits.values())
-    for name, (role, rows) in splits.items():
-        n = len(rows) if rows is not None else scratches[role].rows
-        cat_in, num_in, lab_in = arrays[role]
-        (tmp / name).mkdir()
-        x_cat = _NpyWriter(tmp / name / "x_cat.npy", np.int32, (n, n_cat))
-        x_num = _NpyWriter(tmp / name / "x_num.npy", np.float32, (n, n_num))
-        y = _NpyWriter(tmp / name / "y.npy", np.uint8, (n, schema.num_tasks))
-        positives = np.zeros(schema.num_tasks, dtype=np.int64)
-        for a, b, sel in _chunks(n, rows):
-            x_cat.write(flat_remap[np.asarray(cat_in[sel]) + offsets])
-            num = num_in[sel]
-            if mean is not None:
-                num = ((np.asarray(num, dtype=np.float64) - mean) / std).astype(np.float32)
-            x_num.write(num)
-            lab = np.asarray(lab_in[sel])
-            tasks = np.empty((b - a, schema.num_tasks), dtype=np.uint8)
-            for t, task in enumerate(schema.tasks):
-                tasks[:, t] = np.logical_and.reduce([lab[:, label_col[c]] == 1 for c in task.all_of])
-            y.write(tasks)
-            positives += tasks.sum(axis=0, dtype=np.int64)
-            done += b - a
+    done, total = 0, sum(counts.values())
+    for role in paths:
+        folder = tmp / ROWS_DIR / role
+        for rows_done in _rewrite(folder / "x_cat.npy", lambda block: flat_remap[block + offsets]):
             if progress is not None:
-                progress("write store", done, total)
-        for writer in (x_cat, x_num, y):
-            writer.close()
-        rows_out[name] = n
+                progress("index ids", done + rows_done, total)
+        if mean is not None:
+            for _ in _rewrite(folder / "x_num.npy",
+                              lambda block: ((block.astype(np.float64) - mean) / std).astype(np.float32)):
+                pass
+        done += counts[role]
+
+    (tmp / SPLITS_DIR).mkdir()
+    split_info, rates = {}, {}
+    for name, (role, rows) in splits.items():
+        if rows is not None:
+            np.save(tmp / SPLITS_DIR / f"{name}.npy", rows.astype(np.int64))
+        n = len(rows) if rows is not None else counts[role]
+        y = _load(tmp / ROWS_DIR / role / "y.npy")
+        positives = np.zeros(schema.num_tasks, dtype=np.int64)
+        for a, b, sel in _blocks(counts[role], rows):
+            positives += np.asarray(y[a:b])[sel].sum(axis=0, dtype=np.int64)
+        del y
+        split_info[name] = {"source": role, "rows": n, "index": rows is not None}
         rates[name] = {t.name: (float(positives[i]) / n if n else 0.0) for i, t in enumerate(schema.tasks)}
-    del arrays
-    for s in scratches.values():
-        for what in ("cat", "num", "lab"):
-            s.path(what).unlink(missing_ok=True)
+    _sync_tree(tmp)
     manifest = {
         "format": FORMAT_VERSION,
         "settings": wanted,
         "sources": {k: fingerprint(p) for k, p in paths.items()},
-        "rows": rows_out,
+        "rows": {name: info["rows"] for name, info in split_info.items()},
+        "splits": split_info,
+        "source_rows": counts,
         "field_dims": field_dims,
         "task_names": schema.task_names,
         "label_rates": rates,
@@ -416,27 +436,75 @@ def _build(tmp: Path, settings: DatasetSettings, scenario: str, wanted: dict[str
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
+def _source_arrays(folder: Path, role: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    where = folder / ROWS_DIR / role
+    return _load(where / "x_cat.npy"), _load(where / "x_num.npy"), _load(where / "y.npy")
+
+
 class _NpyWriter:
     """A .npy file written front to back in row blocks (plain writes: no page faults of a
-    writable mapping), synced to disk when closed."""
+    writable mapping) whose row count is known only at the end: the header's space is
+    reserved first and written by ``finish`` (numpy's header leaves room for any count)."""
 
-    def __init__(self, path: Path, dtype: Any, shape: tuple[int, int]) -> None:
-        self.dtype, self.shape, self.rows = np.dtype(dtype), shape, 0
+    def __init__(self, path: Path, dtype: Any, width: int) -> None:
+        self.dtype, self.width, self.rows = np.dtype(dtype), width, 0
+        self.path = path
         self.fh = open(path, "wb")
+        self.fh.write(self._header(0))
+
+    def _header(self, rows: int) -> bytes:
+        import io
+
+        buf = io.BytesIO()
         np.lib.format.write_array_header_1_0(
-            self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
+            buf, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (rows, self.width)})
+        return buf.getvalue()
 
     def write(self, block: np.ndarray) -> None:
         block = np.ascontiguousarray(block, dtype=self.dtype)
-        assert block.shape[1:] == self.shape[1:], (block.shape, self.shape)
+        assert block.ndim == 2 and block.shape[1] == self.width, (block.shape, self.width)
         self.fh.write(block.data)
         self.rows += block.shape[0]
 
-    def close(self) -> None:
-        assert self.rows == self.shape[0], (self.rows, self.shape)
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+    def finish(self) -> None:
+        header = self._header(self.rows)
+        if len(header) != len(self._header(0)):
+            raise AssertionError(f"{self.path}: the .npy header for {self.rows} rows outgrew its space")
+        self.fh.seek(0)
+        self.fh.write(header)
         self.fh.close()
+
+
+def _rewrite(path: Path, fn: Callable[[np.ndarray], np.ndarray]) -> Iterator[int]:
+    """Apply ``fn`` to a 2-D .npy file in place, GATHER_ROWS rows at a time (plain reads
+    and writes); yields the rows done after each step."""
+    with open(path, "r+b") as fh:
+        version = np.lib.format.read_magic(fh)
+        assert version == (1, 0), (path, version)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        start = fh.tell()
+        n, width = shape
+        buf = np.empty((min(n, GATHER_ROWS), width), dtype=dtype)
+        for a in range(0, n, GATHER_ROWS):
+            b = min(n, a + GATHER_ROWS)
+            block = buf[: b - a]
+            fh.seek(start + a * width * dtype.itemsize)
+            fh.readinto(block.data)
+            fh.seek(start + a * width * dtype.itemsize)
+            fh.write(np.ascontiguousarray(fn(block), dtype=dtype).data)
+            yield b
+
+
+def _sync_tree(folder: Path) -> None:
+    """Every file of the new store on disk before it is renamed into place."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _load(path: Path) -> np.ndarray:
@@ -447,19 +515,21 @@ def _load(path: Path) -> np.ndarray:
         return np.load(path)
 
 
-def _scaler(transform: str, num_in: np.ndarray, rows: np.ndarray | None, n: int,
-            dim: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _scaler(transform: str, num_in: np.ndarray, rows: np.ndarray | None,
+            n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Mean and std (two passes, float64) of the train part for ``standardize``; None for ``none``."""
-    if transform == "none" or n == 0:
+    size = len(rows) if rows is not None else n
+    if transform == "none" or size == 0:
         return None, None
+    dim = num_in.shape[1]
     total = np.zeros(dim)
-    for _, _, sel in _chunks(n, rows):
-        total += np.asarray(num_in[sel], dtype=np.float64).sum(axis=0)
-    mean = total / n
+    for a, b, sel in _blocks(n, rows):
+        total += np.asarray(num_in[a:b], dtype=np.float64)[sel].sum(axis=0)
+    mean = total / size
     sq = np.zeros(dim)
-    for _, _, sel in _chunks(n, rows):
-        sq += ((np.asarray(num_in[sel], dtype=np.float64) - mean) ** 2).sum(axis=0)
-    std = np.sqrt(sq / n)
+    for a, b, sel in _blocks(n, rows):
+        sq += ((np.asarray(num_in[a:b], dtype=np.float64)[sel] - mean) ** 2).sum(axis=0)
+    std = np.sqrt(sq / size)
     return mean, np.where(std > 0, std, 1.0)
 
 
@@ -468,14 +538,18 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / MANIFEST).read_text())
 
 
-def open_split(folder: Path, split: str, rates: dict[str, float] | None = None) -> Any:
+def open_split(folder: Path, split: str, manifest: dict[str, Any]) -> Any:
+    """One split, mapped: its source's arrays and, for a part of a source, its row numbers."""
     from .batches import StoreSplit
 
+    info = manifest["splits"][split]
+    where = folder / ROWS_DIR / info["source"]
     return StoreSplit(
-        x_cat=_load(folder / split / "x_cat.npy"),
-        x_num=_load(folder / split / "x_num.npy"),
-        y=_load(folder / split / "y.npy"),
-        rates=rates,
+        x_cat=_load(where / "x_cat.npy"),
+        x_num=_load(where / "x_num.npy"),
+        y=_load(where / "y.npy"),
+        index=_load(folder / SPLITS_DIR / f"{split}.npy") if info["index"] else None,
+        rates=manifest["label_rates"][split],
     )
 
 
@@ -487,9 +561,9 @@ def open_store(folder: Path, settings: DatasetSettings, scenario: str) -> Any:
     schema = settings.schema
     return ScenarioData(
         scenario=scenario,
-        train=open_split(folder, "train", manifest["label_rates"]["train"]),
-        val=open_split(folder, "val", manifest["label_rates"]["val"]),
-        test=open_split(folder, "test", manifest["label_rates"]["test"]),
+        train=open_split(folder, "train", manifest),
+        val=open_split(folder, "val", manifest),
+        test=open_split(folder, "test", manifest),
         field_dims=[int(d) for d in manifest["field_dims"]],
         num_numerical=len(schema.numerical),
         task_names=schema.task_names,

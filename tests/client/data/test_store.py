@@ -171,7 +171,7 @@ def test_a_crash_mid_build_leaves_the_old_store(tmp_path, monkeypatch):
 
     def crash(tmp, *args, **kwargs):
         real(tmp, *args, **kwargs)
-        (tmp / "train" / "x_cat.npy").write_bytes(b"half")
+        (tmp / "rows" / "train" / "x_cat.npy").write_bytes(b"half")
         raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(store_mod, "_build", crash)
