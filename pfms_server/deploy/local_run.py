@@ -5,7 +5,9 @@ default (a second torch download) and outlives the command as a detached
 process. This launcher instead starts its own ``flower-superlink --simulation
 --disable-runtime-dependency-installation`` on a free loopback port with a
 private FLWR_HOME, submits the app with ``flwr run <app> pfms-local --stream``,
-and stops every process it started when the run ends (or fails, or on Ctrl-C).
+and stops every process it started when the run ends (or fails, or on Ctrl-C or
+SIGTERM: a SIGTERM, as a job scheduler or `timeout` sends it, ends pfms-run
+through the same cleanup, exit code 143).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +27,15 @@ from typing import Any
 from pfms_client.procs import bin_dir, flower_env, free_port, stop_tree
 
 CONNECTION = "pfms-local"
+SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived: unwind through the cleanup like Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, log_file: Path) -> None:
@@ -151,23 +163,30 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if overrides:
         run_cmd += ["--run-config", f"overrides={overrides!r}"]
-    superlink = subprocess.Popen(superlink_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-    print(f"pfms-run: SuperLink pid {superlink.pid} on 127.0.0.1:{port} (FLWR_HOME={flwr_home})", flush=True)
     code = 1
+    superlink: subprocess.Popen | None = None
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        superlink = subprocess.Popen(superlink_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        print(f"pfms-run: SuperLink pid {superlink.pid} on 127.0.0.1:{port} (FLWR_HOME={flwr_home})", flush=True)
         wait_for_port(port, superlink, args.startup_timeout, log_file)
         code = subprocess.call(run_cmd, env=env)
         if code == 0:
             code = run_status(bindir, env)
     except KeyboardInterrupt:
         code = 130
+    except _Terminated:
+        print("pfms-run: terminated (SIGTERM); stopping the SuperLink", file=sys.stderr)
+        code = SIGTERM_EXIT
     except RuntimeError as exc:
         print(f"pfms-run: {exc}", file=sys.stderr)
         if log_file.is_file():
             print("".join(log_file.read_text(errors="replace").splitlines(True)[-20:]), file=sys.stderr)
     finally:
-        stop_tree(superlink)
+        if superlink is not None:
+            stop_tree(superlink)
+        signal.signal(signal.SIGTERM, previous)
         if code == 0 and not args.keep_flwr_home and not args.flwr_home:
             shutil.rmtree(flwr_home, ignore_errors=True)
         elif code != 0:

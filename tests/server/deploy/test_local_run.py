@@ -56,3 +56,46 @@ def test_run_status_is_the_exit_code_with_the_reason_in_one_line(tmp_path, capsy
     out, err = capsys.readouterr()
     assert out == f"pfms-run: run status {status}\n"
     assert err == ("" if line is None else line + "\n")
+
+
+def test_sigterm_stops_the_superlink_it_started(tmp_path, monkeypatch, capsys):
+    """pfms-run killed by SIGTERM (a scheduler, `timeout`) runs its cleanup: the SuperLink
+    (here a stand-in that listens on the port and never exits) is stopped, exit 143."""
+    import os
+    import signal
+    import threading
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    pidfile = tmp_path / "superlink.pid"
+    (bindir / "flower-superlink").write_text(
+        f"#!{sys.executable}\nimport os, socket, sys, time\n"
+        f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('127.0.0.1', int(sys.argv[sys.argv.index('--port') + 1]))); s.listen()\n"
+        "time.sleep(600)\n")
+    (bindir / "flwr").write_text(f"#!{sys.executable}\nimport time\ntime.sleep(600)\n")
+    for script in bindir.iterdir():
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(local_run, "bin_dir", lambda: bindir)
+    monkeypatch.setattr("pfms_server.data_check.check_scenarios", lambda cfg: None)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate_when_running() -> None:
+        for _ in range(300):
+            if pidfile.is_file() and pidfile.read_text():
+                break
+            threading.Event().wait(0.1)
+        threading.Event().wait(1.0)  # let pfms-run reach `flwr run`
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_when_running)
+    killer.start()
+    code = local_run.main(["--app", str(REPO), f"--flwr-home={tmp_path / 'flwr'}", f"paths.home={tmp_path}"])
+    killer.join()
+    err = capsys.readouterr().err
+    assert code == 143 and "terminated (SIGTERM)" in err
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert signal.getsignal(signal.SIGTERM) is before  # the test process's handler is back
