@@ -1,4 +1,5 @@
-"""Where a ClientApp message's seconds go: process start, imports, config, data, work.
+"""Where a ClientApp message's seconds go: process start, imports, config, data, work;
+and the most anonymous memory it held.
 
 Flower starts a fresh ClientApp process for every message, so the cost of
 starting Python and importing is paid per message. ``process_age_s`` reads this
@@ -9,6 +10,7 @@ how long the process had been alive when it began to import.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from contextlib import contextmanager
 from collections.abc import Iterator
@@ -27,11 +29,51 @@ def process_age_s() -> float:
         return float("nan")
 
 
+ANON_SAMPLE_S = 0.05  # how often AnonPeak reads /proc/self/status
+
+
+def rss_anon_kib() -> int:
+    """This process's resident anonymous memory (RssAnon); 0 where /proc is not available.
+    Pages of a mapped store are file-backed: the page cache holds them, not this figure."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class AnonPeak:
+    """The peak of RssAnon while this process runs, sampled by a daemon thread (the kernel
+    keeps a peak only of the whole RSS, VmHWM, which counts mapped files too)."""
+
+    def __init__(self, interval: float = ANON_SAMPLE_S) -> None:
+        self.peak_kib = rss_anon_kib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True, name="pfms-anon-peak")
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.peak_kib = max(self.peak_kib, rss_anon_kib())
+
+    def mib(self) -> float:
+        self.peak_kib = max(self.peak_kib, rss_anon_kib())
+        return self.peak_kib / 1024
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class Stopwatch:
-    """Named wall-clock durations of one message, reported as ``time.<name>`` metrics."""
+    """Named wall-clock durations of one message, reported as ``time.<name>`` metrics, and
+    the message's peak anonymous memory as ``mem.peak_anon_mib``."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.memory = AnonPeak()
 
     @contextmanager
     def time(self, name: str) -> Iterator[None]:
@@ -42,4 +84,6 @@ class Stopwatch:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
     def metrics(self) -> dict[str, float]:
-        return {f"time.{k}": round(v, 4) for k, v in self.seconds.items()}
+        out: dict[str, float] = {f"time.{k}": round(v, 4) for k, v in self.seconds.items()}
+        out["mem.peak_anon_mib"] = round(self.memory.mib(), 1)
+        return out

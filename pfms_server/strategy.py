@@ -53,14 +53,16 @@ TIMING_FIELDS = ("start", "import", "config", "data", "model", "train", "evaluat
 
 
 def client_seconds(server_round: int, scenario: str, phase: str, metrics: dict) -> dict:
-    """Where a client's message went (its ``time.*`` metrics, informative only) as one row of
-    client_seconds.csv; a missing or non-numeric value is empty."""
+    """Where a client's message went (its ``time.*`` metrics, informative only) and its peak
+    anonymous memory, as one row of client_seconds.csv; a missing or non-numeric value is empty."""
     row: dict = {"round": server_round, "scenario": scenario, "phase": phase}
     for name in TIMING_FIELDS:
         value = _real(metrics.get(f"time.{name}"))
         row[name] = round(value, 4) if np.isfinite(value) else ""
     threads = _real(metrics.get("threads"))
     row["threads"] = int(threads) if np.isfinite(threads) else ""
+    peak = _real(metrics.get("mem.peak_anon_mib"))
+    row["peak_anon_mib"] = round(peak, 1) if np.isfinite(peak) else ""
     return row
 
 
