@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from collections.abc import Iterator
 
@@ -46,24 +47,34 @@ def rss_anon_kib() -> int:
 
 
 class AnonPeak:
-    """The peak of RssAnon while this process runs, sampled by a daemon thread (the kernel
-    keeps a peak only of the whole RSS, VmHWM, which counts mapped files too)."""
+    """The peak of RssAnon while this object lives, sampled by a daemon thread (the kernel
+    keeps a peak only of the whole RSS, VmHWM, which counts mapped files too). The thread
+    holds only a weak reference: it ends with ``stop`` or when the object is dropped, so
+    a long-lived process (a Ray worker in simulation) does not collect samplers."""
 
     def __init__(self, interval: float = ANON_SAMPLE_S) -> None:
         self.peak_kib = rss_anon_kib()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True, name="pfms-anon-peak")
-        self._thread.start()
+        threading.Thread(target=AnonPeak._run, args=(weakref.ref(self), self._stop, interval), daemon=True,
+                         name="pfms-anon-peak").start()
 
-    def _run(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.peak_kib = max(self.peak_kib, rss_anon_kib())
+    @staticmethod
+    def _run(ref: weakref.ref, stop: threading.Event, interval: float) -> None:
+        while not stop.wait(interval):
+            me = ref()
+            if me is None:
+                return
+            me.peak_kib = max(me.peak_kib, rss_anon_kib())
+            del me
 
     def mib(self) -> float:
         self.peak_kib = max(self.peak_kib, rss_anon_kib())
         return self.peak_kib / 1024
 
     def stop(self) -> None:
+        self._stop.set()
+
+    def __del__(self) -> None:
         self._stop.set()
 
 

@@ -25,3 +25,19 @@ def test_anon_peak_sees_a_short_allocation_and_not_a_mapped_file(tmp_path):
     assert rss_anon_kib() / 1024 - base < 48  # gone now...
     assert peak.mib() - base > 80  # ...but the peak saw it
     peak.stop()
+
+
+def test_the_sampler_thread_ends_when_its_owner_is_dropped():
+    import gc
+    import threading
+
+    def samplers() -> int:
+        return sum(t.name == "pfms-anon-peak" for t in threading.enumerate())
+
+    before = samplers()
+    peak = AnonPeak(interval=0.01)
+    assert samplers() == before + 1
+    del peak
+    gc.collect()
+    time.sleep(0.1)
+    assert samplers() == before
