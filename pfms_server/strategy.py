@@ -126,6 +126,7 @@ class ScenarioStrategy(Strategy):
         self.timings: list[dict] = []  # client_seconds.csv: where each client message's seconds went
         # One entry per train phase of this process: aggregated or not, and why (summary.json "rounds_log").
         self.round_results: list[dict] = []
+        self.round_started: float | None = None  # when configure_train began this round
 
     # -- helpers -------------------------------------------------------------------
     def _grid(self, grid: Grid) -> Grid:
@@ -210,6 +211,7 @@ class ScenarioStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.round_offset
+        self.round_started = time.monotonic()
         nodes = self._wait_for_nodes(grid)
         if self.fraction_train < 1.0:
             rng = np.random.default_rng(self.seed + server_round)
@@ -272,6 +274,8 @@ class ScenarioStrategy(Strategy):
         result = {"round": server_round, "aggregated": len(uploads) >= self.min_train_nodes,
                   "sent": len(self.sent), "replies_received": received, "replies_valid": len(uploads),
                   "min_train_nodes": self.min_train_nodes, "trained": sorted(uploads), "problems": why}
+        if self.round_started is not None:  # wall seconds from sending the train messages to the last reply
+            result["seconds"] = round(time.monotonic() - self.round_started, 3)
         if self.state.init is None:
             result["why"] = "no node returned initial tensors (every query failed); nothing was sent"
         elif not result["aggregated"]:

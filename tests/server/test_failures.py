@@ -219,9 +219,10 @@ def test_a_scenario_that_never_trained_fails_the_run(pfms_home, tmp_path):
     assert summary["failure"] == ("scenario(s) ES never trained (rounds aggregated: 1); "
                                   "ES: failed: ValueError: disk full")
     assert summary["aggregated_rounds"] == [1]
-    assert summary["rounds_log"][0] | {"problems": None} == {
+    assert summary["rounds_log"][0]["seconds"] > 0  # wall seconds of the round
+    assert summary["rounds_log"][0] | {"problems": None, "seconds": None} == {
         "round": 1, "aggregated": True, "sent": 4, "replies_received": 4, "replies_valid": 3,
-        "min_train_nodes": 2, "trained": ["FR", "NL", "US"], "problems": None}
+        "min_train_nodes": 2, "trained": ["FR", "NL", "US"], "problems": None, "seconds": None}
 
 
 def test_the_serverapp_raises_so_flower_marks_the_run_failed(pfms_home, tmp_path):
