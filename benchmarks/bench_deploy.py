@@ -8,7 +8,9 @@ Starts ``pfms-server`` (TLS, node authentication, a private FLWR_HOME) and K
    default synthetic data (20,000 train / 10,000 test rows per scenario);
 2. the no-op app in benchmarks/apps/noop: the same messages (a query, train and
    evaluate messages in the schedule pfms used, arrays of the size pfms uploaded,
-   the same reply polling) and no work. That is Flower's floor.
+   the same reply polling) and no work, on the same nodes restarted with Flower's own
+   SuperExec (``pfms-client --executor subprocess``: a fresh Python per message). That
+   is Flower's floor.
 
 Prints key=value lines:
 
@@ -106,12 +108,23 @@ class Deployment:
             reg = self.flwr("supernode", "register", str(self.certs / "supernodes" / f"{s}.pub"), "bench")
             if reg.returncode != 0:
                 raise RuntimeError(reg.stdout + reg.stderr)
-        for s in self.scenarios:
+        self.start_clients(self.client_args)
+
+    def start_clients(self, extra: list[str]) -> None:
+        self.clients = [
             self._start(s, "-m", "pfms_client.client_cli", "--scenario", s, "--data", str(self.data),
                         "--superlink", f"127.0.0.1:{self.port}", "--root-certificates", str(self.certs / "ca.crt"),
                         "--auth-key", str(self.certs / "supernodes" / f"{s}.key"),
                         "--state-dir", str(self.root / "state" / s), "--flwr-home", str(self.root / f"flwr-{s}"),
-                        *self.client_args)
+                        *extra)
+            for s in self.scenarios]
+
+    def restart_clients(self, extra: list[str]) -> None:
+        """The same nodes (same keys) again, started with ``extra`` options."""
+        for proc in self.clients:
+            stop_tree(proc)
+            self.procs.remove(proc)
+        self.start_clients(extra)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -205,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         floor_cfg = (f"rounds={args.rounds} nodes={args.nodes} schedule='{schedule}' payload-floats={floats} "
                      f"poll-interval={poll}")
+        # Flower's floor is measured with Flower's own SuperExec (a fresh Python per message),
+        # not with pfms-client's forking one, which would also make the no-op app cheaper.
+        dep.restart_clients([*args.client_args.split(), "--executor", "subprocess"])
         floor_s, floor_total, _ = dep.run(NOOP_APP, floor_cfg, "floor", args.timeout)
         floor_round = floor_s / args.rounds
         print(f"floor_run_s={floor_total:.1f}", f"floor_round_s={floor_round:.2f}",

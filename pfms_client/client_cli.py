@@ -51,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes-per-host", type=int, default=0,
                    help="with --threads auto: divide the cores by this many nodes (default 0: count the "
                         "pfms-client nodes running on this host)")
+    p.add_argument("--executor", choices=["fork", "subprocess"], default="fork",
+                   help="how ClientApp processes start: 'fork' (default) from a parent that imported torch and "
+                        "the other libraries once (pfms_client.prefork); 'subprocess': Flower's own SuperExec, "
+                        "a fresh Python per message")
     p.add_argument("--node-registry", default=None,
                    help="folder where pfms-client nodes on this host register (default: $PFMS_NODE_REGISTRY or "
                         "a per-user temp folder)")
@@ -58,18 +62,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def validate_data(scenario: str, data: Path, overrides: str) -> None:
-    """Load the scenario exactly as the ClientApp will; raises on any problem."""
+    """Prepare the scenario's store exactly as the ClientApp will open it (validating every
+    row; a no-op when the store is current) and map it; raises on any problem. Nothing is
+    read into memory, whatever the scenario's size."""
     from omegaconf import OmegaConf
 
     from .config import load_config
-    from .data import load_scenario
+    from .data import open_scenario
 
     cfg = load_config(overrides)
     ds = OmegaConf.to_container(cfg.dataset, resolve=True)
     if scenario not in ds["scenarios"]:
         raise ValueError(f"scenario {scenario!r} is not in dataset.scenarios {ds['scenarios']}")
     ds["root"], ds["generator"] = str(data), None  # a deployed node never generates data
-    data_ = load_scenario(OmegaConf.create(ds), scenario)
+    data_ = open_scenario(OmegaConf.create(ds), scenario)
     print(f"pfms-client: {scenario}: {len(data_.train)} train / {len(data_.val)} val / {len(data_.test)} test rows OK",
           flush=True)
 
@@ -87,6 +93,15 @@ def node_config(args: argparse.Namespace, data: Path, registry: Path | None = No
         if any(c in value for c in "\"' "):
             raise ValueError(f"{key} {value!r}: quotes and spaces are not supported in node config values")
     return " ".join(f'{k}="{v}"' for k, v in items.items())
+
+
+def prefork_command(runtime_port: int):
+    """The SuperExec beside a ``--isolation process`` SuperNode: pfms_client.prefork, on the
+    SuperNode's local Runtime API (plain HTTP on loopback, as Flower's own SuperExec uses it)."""
+    def command(supernode_pid: int) -> list[str]:
+        return [sys.executable, "-m", "pfms_client.prefork", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
+                "--insecure", "--parent-pid", str(supernode_pid)]
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     if args.insecure:
         print("pfms-client: WARNING --insecure: traffic to the SuperLink is unencrypted", file=sys.stderr)
+    runtime_port = args.runtime_port or free_port()
+    fork = args.executor == "fork"
     cmd = [str(bin_dir() / "flower-supernode"), "--superlink", args.superlink, "--node-config", config,
-           "--isolation", "subprocess", "--port", str(args.runtime_port or free_port())]
+           "--isolation", "process" if fork else "subprocess", "--port", str(runtime_port)]
     cmd += ["--insecure"] if args.insecure else ["--root-certificates", str(Path(args.root_certificates).resolve())]
     if args.auth_key:
         cmd += ["--auth-supernode-private-key", str(Path(args.auth_key).resolve())]
@@ -126,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         _, why = choose(args.threads, args.nodes_per_host, registry)
         print(f"pfms-client: {args.scenario}: {why}; recounted at every message, "
               "train.num_threads in the run config overrides it", flush=True)
-        return run_foreground(cmd, env)
+        return run_foreground(cmd, env, prefork_command(runtime_port) if fork else None)
     finally:
         unregister(entry)
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -112,9 +113,14 @@ def stop_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
         pass
 
 
-def run_foreground(cmd: list[str], env: dict[str, str]) -> int:
-    """Run a daemon until it exits or we get SIGINT/SIGTERM; then stop its whole tree."""
+def run_foreground(cmd: list[str], env: dict[str, str],
+                   companion: Callable[[int], list[str]] | None = None) -> int:
+    """Run a daemon until it exits or we get SIGINT/SIGTERM; then stop its whole tree.
+
+    ``companion`` (given the daemon's pid) is a second process that lives and dies with
+    it (pfms-client's SuperExec beside its SuperNode): when either exits, both stop."""
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    procs = [proc]
     stopping = {"flag": False}
 
     def handler(signum, frame):  # noqa: ARG001
@@ -122,11 +128,16 @@ def run_foreground(cmd: list[str], env: dict[str, str]) -> int:
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while proc.poll() is None and not stopping["flag"]:
+        if companion is not None:
+            procs.append(subprocess.Popen(companion(proc.pid), env=env, start_new_session=True))
+        while all(p.poll() is None for p in procs) and not stopping["flag"]:
             time.sleep(0.2)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        code = proc.poll()
-        stop_tree(proc)
-    return 0 if stopping["flag"] else int(code or 0)
+        codes = [p.poll() for p in procs]
+        for p in reversed(procs):
+            stop_tree(p)
+    if stopping["flag"]:
+        return 0
+    return next((int(c) for c in codes if c), 0)

@@ -41,8 +41,8 @@ def no_supernode(monkeypatch):
     """Every test: a call of run_foreground is recorded, never run."""
     calls = []
 
-    def record(cmd, env):
-        calls.append((list(cmd), dict(env)))
+    def record(cmd, env, companion=None):
+        calls.append((list(cmd), dict(env), companion))
         return 0
 
     monkeypatch.setattr(client_cli, "run_foreground", record)
@@ -105,6 +105,21 @@ def test_valid_data_passes_the_same_check(dataset, capsys, listening, no_superno
     assert code == 0
     assert "pfms-client: NL: 180 train / 20 val / 100 test rows OK" in out
     assert len(no_supernode) == 1
+
+
+def test_clientapps_fork_from_a_warm_superexec_unless_asked_otherwise(dataset, capsys, listening, no_supernode):
+    """Default: the SuperNode runs with --isolation process and pfms_client.prefork is its
+    SuperExec on the SuperNode's runtime port; --executor subprocess is Flower's own."""
+    args = ["--scenario", "NL", "--data", str(dataset), "--superlink", listening, "--insecure", "--runtime-port", "9555"]
+    assert run(capsys, *args)[0] == 0
+    cmd, _, companion = no_supernode[-1]
+    assert cmd[cmd.index("--isolation") + 1] == "process" and cmd[cmd.index("--port") + 1] == "9555"
+    exec_cmd = companion(4242)
+    assert exec_cmd[1:] == ["-m", "pfms_client.prefork", "--runtime-api-address", "127.0.0.1:9555", "--insecure",
+                            "--parent-pid", "4242"]
+    assert run(capsys, *args, "--executor", "subprocess")[0] == 0
+    cmd, _, companion = no_supernode[-1]
+    assert cmd[cmd.index("--isolation") + 1] == "subprocess" and companion is None
 
 
 @pytest.mark.parametrize("address", ["nohost", "host:99999", "host:abc", ":9092", "host:0"])
@@ -187,7 +202,7 @@ def test_insecure_warns_and_runs_an_insecure_supernode(dataset, tmp_path, capsys
                        "--state-dir", str(tmp_path / "state"), "--runtime-port", "9876")
     assert code == 0
     assert one_line(err) == "pfms-client: WARNING --insecure: traffic to the SuperLink is unencrypted"
-    [(cmd, env)] = no_supernode
+    [(cmd, env, _)] = no_supernode
     assert Path(cmd[0]).name == "flower-supernode"
     assert cmd[cmd.index("--superlink") + 1] == listening
     assert "--insecure" in cmd and "--root-certificates" not in cmd
@@ -206,7 +221,7 @@ def test_tls_and_node_auth_pass_their_files_and_do_not_warn(dataset, tmp_path, c
                        "--root-certificates", str(cert), "--auth-key", str(key))
     assert code == 0
     assert err == ""
-    [(cmd, _)] = no_supernode
+    [(cmd, _, _)] = no_supernode
     assert "--insecure" not in cmd
     assert cmd[cmd.index("--root-certificates") + 1] == str(cert.resolve())
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(key.resolve())

@@ -230,7 +230,8 @@ def test_evaluate_matches_sklearn():
         assert got[name]["n"] == 60 and got[name]["positives"] == y.sum()
 
 
-@pytest.mark.parametrize("key,value", [("local_epochs", 0), ("batch_size", 1), ("lr", 0.0), ("mu", -0.1)])
+@pytest.mark.parametrize("key,value", [("local_epochs", 0), ("batch_size", 1), ("lr", 0.0), ("mu", -0.1),
+                                       ("local_steps", 0), ("local_steps", -3)])
 def test_train_config_refuses_out_of_range_values(key, value):
     good = {"local_epochs": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.0, "mu": 0.0}
     assert TrainConfig.from_config(good) == TrainConfig(**good)
@@ -243,6 +244,28 @@ def test_train_config_converts_types():
     assert (tc.local_epochs, tc.batch_size, tc.lr, tc.weight_decay, tc.mu) == (2, 64, 0.5, 1.0, 0.0)
     assert isinstance(tc.local_epochs, int) and isinstance(tc.lr, float) and isinstance(tc.weight_decay, float)
     assert replace(tc, mu=1.0).mu == 1.0 and not math.isnan(tc.lr)
+    assert (tc.local_steps, tc.device) == (None, "cpu")  # neither key given: whole epochs on the CPU
+
+
+@pytest.mark.parametrize("steps", [1, "7", 250.0])
+def test_train_config_reads_local_steps_and_device(steps):
+    base = {"local_epochs": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.0, "mu": 0.0}
+    tc = TrainConfig.from_config({**base, "local_steps": steps, "device": "auto"})
+    assert tc.local_steps == int(float(steps)) and isinstance(tc.local_steps, int) and tc.device == "auto"
+    assert TrainConfig.from_config({**base, "local_steps": None}).local_steps is None
+    with pytest.raises(ValueError, match="train.device='gpu'"):
+        TrainConfig.from_config({**base, "device": "gpu"})
+
+
+def test_gpu_share_is_one_over_the_clients_on_cuda_and_zero_on_the_cpu(monkeypatch):
+    from pfms_client.trainer import client_gpu_share
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert client_gpu_share("cpu", 4) == 0.0 and client_gpu_share("auto", 4) == 0.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert client_gpu_share("cpu", 4) == 0.0
+    assert client_gpu_share("cuda", 4) == 0.25 and client_gpu_share("cuda:1", 3) == pytest.approx(1 / 3)
+    assert client_gpu_share("auto", 2) == 0.5 and client_gpu_share("cuda", 0) == 1.0
 
 
 class FakeClock:
