@@ -7,7 +7,8 @@ on the train part, 0 = out of vocabulary), ``rows/<source>/x_num.npy`` (float32,
 scaled as ``numeric_transform`` says) and ``rows/<source>/y.npy`` (uint8 task
 labels), all rows in file order; a split that is part of a file (train and val
 carved from train.csv, or every split of a one-file layout) is
-``splits/<split>.npy``, its sorted row numbers. ``manifest.json`` holds the format
+``splits/<split>.npy``, its sorted row numbers; ``vocab/<field>.npy`` is a field's
+vocabulary (kept raw ids, sorted: ``encode_ids`` maps new rows the same way). ``manifest.json`` holds the format
 version, the settings that shape the encoding, a fingerprint of every source file,
 row counts, vocabulary sizes and label rates. ``open_store`` maps the arrays
 (``np.load(mmap_mode='r')``): opening costs milliseconds and no memory grows with
@@ -57,11 +58,12 @@ from .errors import DataValidationError
 from .readers import SlowPathNeeded, iter_checked_chunks
 from .settings import DatasetSettings
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 ROWS_DIR = "rows"  # rows/<source>/{x_cat,x_num,y}.npy: every row of a source file, in file order
 SPLITS_DIR = "splits"  # splits/<split>.npy: a split's sorted row numbers in its source
+VOCAB_DIR = "vocab"  # vocab/<field>.npy: the kept raw ids, sorted; id vocab[i] has index i + 1, any other 0
 FINGERPRINT_BYTES = 1 << 16  # hashed from the head and the tail of every source file
 GATHER_ROWS = 262_144  # rows per step of the passes over the written arrays
 
@@ -381,13 +383,16 @@ def _build(tmp: Path, settings: DatasetSettings, scenario: str, wanted: dict[str
         for f in range(len(tables)):
             seen[f] += np.bincount(prov[:, f], minlength=tables[f].count)
     remaps, field_dims = [], []
+    (tmp / VOCAB_DIR).mkdir()
     for f, table in enumerate(tables):
         kept = np.flatnonzero(seen[f] >= settings.min_count)
-        order = kept[np.argsort(table.raw_ids()[kept], kind="stable")]
+        raw = table.raw_ids()
+        order = kept[np.argsort(raw[kept], kind="stable")]
         remap = np.full(table.count, OOV_INDEX, dtype=np.int32)
         remap[order] = np.arange(1, len(order) + 1, dtype=np.int32)
         remaps.append(remap)
         field_dims.append(len(order) + 1)
+        np.save(tmp / VOCAB_DIR / f"{schema.categorical[f]}.npy", raw[order])  # sorted: index = position + 1
     mean, std = _scaler(settings.numeric_transform, arrays[role][1], rows, counts[role])
     del arrays
 
@@ -534,6 +539,21 @@ def _scaler(transform: str, num_in: np.ndarray, rows: np.ndarray | None,
 
 
 # ---------------------------------------------------------------- open
+def read_vocab(folder: Path, field: str) -> np.ndarray:
+    """A field's vocabulary: its kept raw ids (int64, sorted), id ``v[i]`` -> index ``i + 1``."""
+    return np.load(Path(folder) / VOCAB_DIR / f"{field}.npy")
+
+
+def encode_ids(vocab: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Indices of raw ids under ``vocab`` (read_vocab), 0 (out of vocabulary) for unseen ids:
+    what the store holds for the rows it was built from, and what new rows get."""
+    raw = np.asarray(raw, dtype=np.int64)
+    if len(vocab) == 0:
+        return np.full(raw.shape, OOV_INDEX, dtype=np.int32)
+    pos = np.minimum(np.searchsorted(vocab, raw), len(vocab) - 1)
+    return np.where(vocab[pos] == raw, pos + 1, OOV_INDEX).astype(np.int32)
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / MANIFEST).read_text())
 

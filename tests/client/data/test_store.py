@@ -270,3 +270,23 @@ def test_pfms_prepare_cli_prepares_and_reports(tmp_path, capsys):
     assert "NL: 540 train / 60 val / 200 test rows" in err and "ES: 540 train" in err
     assert main([*args, "dataset.vocab.min_count=0"]) == 2
     assert "dataset.vocab.min_count=0" in capsys.readouterr().err
+
+
+def test_the_saved_vocabulary_encodes_the_source_rows_as_the_store_holds_them(tmp_path):
+    """vocab/<field>.npy + encode_ids reproduce x_cat from the raw CSV ids (train, val and
+    test rows alike; a test-only id is out of vocabulary), with min_count dropping ids."""
+    cfg = ali_cfg(tmp_path)
+    cfg["vocab"]["min_count"] = 2
+    folder = prepare_scenario(cfg, "US")
+    data = open_scenario(cfg, "US")
+    settings = DatasetSettings.from_config(cfg)
+    test = pd.read_csv(ALI_DIR / "rechub_US_test.csv")
+    got = np.stack([store_mod.encode_ids(store_mod.read_vocab(folder, c), test[c].to_numpy())
+                    for c in settings.schema.categorical], axis=1)
+    assert np.array_equal(got, data.test.take(slice(None))[0])
+    train = pd.read_csv(ALI_DIR / "rechub_US_train.csv")
+    vocab = store_mod.read_vocab(folder, "categorical_2")
+    counts = train["categorical_2"].iloc[data.train.index].value_counts()
+    assert sorted(counts[counts >= 2].index) == vocab.tolist()  # kept ids: seen >= min_count times in train
+    assert store_mod.encode_ids(vocab, np.array([-12345, vocab[0]])).tolist() == [0, 1]
+    assert store_mod.encode_ids(np.zeros(0, dtype=np.int64), np.array([5])).tolist() == [0]
