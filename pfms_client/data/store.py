@@ -66,6 +66,7 @@ SPLITS_DIR = "splits"  # splits/<split>.npy: a split's sorted row numbers in its
 VOCAB_DIR = "vocab"  # vocab/<field>.npy: the kept raw ids, sorted; id vocab[i] has index i + 1, any other 0
 FINGERPRINT_BYTES = 1 << 16  # hashed from the head and the tail of every source file
 GATHER_ROWS = 262_144  # rows per step of the passes over the written arrays
+SYNC_BYTES = 64 << 20  # a file being written is flushed to disk in the background every this many bytes
 
 # progress(phase, rows_done, rows_expected or None)
 Progress = Callable[[str, int, "int | None"], None]
@@ -327,7 +328,7 @@ def _read_source(path: Path, folder: Path, settings: DatasetSettings, tables: li
                 t.restore(state)
         finally:
             for writer in (x_cat, x_num, y):
-                writer.fh.close()
+                writer.close()
     raise AssertionError("unreachable: the pandas engine never asks for a slower path")
 
 
@@ -449,13 +450,21 @@ def _source_arrays(folder: Path, role: str) -> tuple[np.ndarray, np.ndarray, np.
 class _NpyWriter:
     """A .npy file written front to back in row blocks (plain writes: no page faults of a
     writable mapping) whose row count is known only at the end: the header's space is
-    reserved first and written by ``finish`` (numpy's header leaves room for any count)."""
+    reserved first and written by ``finish`` (numpy's header leaves room for any count).
+
+    Every SYNC_BYTES written, a background thread flushes the file (fdatasync), so the
+    disk writes overlap the parsing instead of all waiting for the final fsync."""
 
     def __init__(self, path: Path, dtype: Any, width: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.dtype, self.width, self.rows = np.dtype(dtype), width, 0
         self.path = path
         self.fh = open(path, "wb")
         self.fh.write(self._header(0))
+        self._unsynced = 0
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="pfms-store-sync")
+        self._pending: list[Any] = []
 
     def _header(self, rows: int) -> bytes:
         import io
@@ -471,6 +480,13 @@ class _NpyWriter:
         assert block.ndim == 2 and block.shape[1] == self.width, (block.shape, self.width)
         self.fh.write(block.data)
         self.rows += block.shape[0]
+        self._unsynced += block.nbytes
+        if self._unsynced >= SYNC_BYTES:
+            self.fh.flush()
+            self._pending = [f for f in self._pending if not f.done()]
+            if not self._pending:  # one flush at a time: never queue behind a slow disk
+                self._pending.append(self._syncer.submit(os.fdatasync, self.fh.fileno()))
+            self._unsynced = 0
 
     def finish(self) -> None:
         header = self._header(self.rows)
@@ -478,6 +494,10 @@ class _NpyWriter:
             raise AssertionError(f"{self.path}: the .npy header for {self.rows} rows outgrew its space")
         self.fh.seek(0)
         self.fh.write(header)
+        self.close()
+
+    def close(self) -> None:
+        self._syncer.shutdown(wait=True)  # no flush may outlive the file descriptor
         self.fh.close()
 
 
