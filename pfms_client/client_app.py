@@ -298,14 +298,24 @@ def evaluate_(msg: Message, context: Context) -> Message:
                                **eval_metrics(session, session.model, splits)}
     ckpt_dir = context.node_config.get("checkpoint-dir") or config.get("checkpoint-dir")
     if ckpt_dir:
-        save_checkpoint(session, Path(str(ckpt_dir)) / f"{session.scenario}.pt")
+        save_checkpoint(session, Path(str(ckpt_dir)) / f"{session.scenario}.pt",
+                        dataset_config(context, session.cfg))
     metrics.update(session.watch.metrics())
     content = RecordDict({"metrics": MetricRecord(metrics), "meta": meta(session)})
     return Message(content, reply_to=msg)
 
 
-def save_checkpoint(session: Session, path: Path) -> None:
-    """The scenario's full personalized model: server tensors plus its local ones."""
+def save_checkpoint(session: Session, path: Path, ds_cfg: DictConfig) -> None:
+    """The scenario's full personalized model (server tensors plus its local ones), and next
+    to it what scoring needs: the store's vocabularies, numeric transform and schema
+    (``<scenario>.encoding/``, pfms_client.trained_model), whose fingerprint the checkpoint
+    records so it is never used with another encoding."""
+    from .data.settings import DatasetSettings
+    from .data.store import store_path
+    from .trained_model import encoding_dir, write_encoding
+
+    settings = DatasetSettings.from_config(ds_cfg)
+    prints = write_encoding(store_path(settings, session.scenario), settings, session.scenario, encoding_dir(path))
     atomic_torch_save(
         {
             "scenario": session.scenario,
@@ -314,6 +324,7 @@ def save_checkpoint(session: Session, path: Path) -> None:
             "num_numerical": session.data.num_numerical,
             "task_names": list(session.data.task_names),
             "config": OmegaConf.to_container(session.cfg, resolve=True),
+            "encoding_fingerprint": prints,
         },
         path,
     )
