@@ -154,7 +154,9 @@ class _OutputWriter:
         else:
             from pyarrow import csv as pacsv
 
-            self.writer = pacsv.CSVWriter(self.tmp, schema)
+            # quotes only where a value needs them: an id column comes out as the input had it
+            self.writer = pacsv.CSVWriter(self.tmp, schema, write_options=pacsv.WriteOptions(
+                quoting_style="needed", quoting_header="none"))
 
     def write(self, table: Any) -> None:
         self.tables.append(table)

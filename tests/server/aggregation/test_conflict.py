@@ -477,3 +477,24 @@ def test_zero_mean_update_raises_no_warning() -> None:
         warnings.simplefilter("error")
         np.testing.assert_array_equal(cagrad(D, C), [0.0, 0.0])
         np.testing.assert_allclose(cagrad_weights(D @ D.T, C).sum(), 1.0)
+
+
+@pytest.mark.parametrize("method", ["mean", "cagrad", "pcgrad"])
+def test_float32_updates_are_computed_in_float64(method):
+    """Clients upload float32: the consensus of float32 updates is the float64 consensus of
+    the same values, to the last bit, and comes back as float64."""
+    rng = np.random.default_rng(11)
+    u32 = rng.normal(size=(4, 37)).astype(np.float32) * np.float32(1e-3)
+    got = coordinate(u32, method, c=0.4, seed=3)
+    want = coordinate(u32.astype(np.float64), method, c=0.4, seed=3)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_degenerate_solver_answer_falls_back_to_uniform_weights():
+    """SLSQP can return NaN or all-negative weights on a broken problem; the weights used
+    are then uniform, never NaN and never a wrong shape."""
+    from pfms_server.aggregation.conflict import _project_simplex_clip
+
+    np.testing.assert_array_equal(_project_simplex_clip(np.array([np.nan, -1.0, np.nan])), np.full(3, 1 / 3))
+    np.testing.assert_array_equal(_project_simplex_clip(np.array([np.nan, 3.0, 1.0])), [0.0, 0.75, 0.25])

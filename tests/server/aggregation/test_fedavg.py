@@ -113,3 +113,12 @@ def test_integer_buffers_are_rounded_not_truncated() -> None:
     assert out == 2 and out.dtype == np.uint8
     f = average(ups, np.array([1.0, 1.0]), "f")
     assert f.dtype == np.float32 and f[0] == np.float32(0.5)
+
+
+def test_float32_weights_are_normalised_in_float64():
+    """Weights may arrive as float32 (a count that went through a float metric): they are
+    normalised in float64, so the mean equals the one from the same weights in float64."""
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(3, 6))
+    w32 = np.array([1 / 3, 1 / 7, 2 / 9], dtype=np.float32)
+    np.testing.assert_array_equal(weighted_average(a, w32), weighted_average(a, w32.astype(np.float64)))

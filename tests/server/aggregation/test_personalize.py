@@ -201,3 +201,17 @@ def test_sgd_defaults_are_the_specs_and_errors_name_the_setting() -> None:
         with pytest.raises(ValueError, match=f"^{name} must be finite and >= 0"):
             sgd_step(p, 0.0, **{name: -1.0})
     assert sgd_step(p, 5.0, lo=0.3, hi=0.3).value == 0.3  # a one-point interval is allowed
+
+
+def test_a_misshapen_alpha_names_the_shapes_it_accepts() -> None:
+    """The message lists what alpha may be: a scalar, or one value per leading slice."""
+    from pfms_server.aggregation.personalize import personalized_next
+
+    z = np.zeros((3, 2))
+    with pytest.raises(ValueError) as info:
+        personalized_next(z, z, z, np.ones(2))
+    assert str(info.value) == "alpha must have shape () or (3,) for params of shape (3, 2), got (2,)"
+    s = np.zeros(())
+    with pytest.raises(ValueError) as info:
+        personalized_next(s, s, s, np.ones(2))
+    assert str(info.value) == "alpha must have shape () for params of shape (), got (2,)"

@@ -105,3 +105,11 @@ def test_state_round_trips_through_disk(tmp_path):
         assert back.scenarios[k].alpha.to_dict() == st.scenarios[k].alpha.to_dict()
         assert {l: b.to_dict() for l, b in back.scenarios[k].beta.items()} == \
                {l: b.to_dict() for l, b in st.scenarios[k].beta.items()}
+
+
+@pytest.mark.parametrize("path, value, key", [("conflict__method", "magic", "strategy.conflict.method"),
+                                              ("personalization__mode", "magic", "strategy.personalization.mode"),
+                                              ("towers__mode", "magic", "strategy.towers.mode")])
+def test_an_unknown_method_or_mode_is_refused_naming_its_key(path, value, key):
+    with pytest.raises(ValueError, match=rf"^{key}='magic': expected one of \["):
+        cfg(**{path: value})
