@@ -154,9 +154,7 @@ class _OutputWriter:
         else:
             from pyarrow import csv as pacsv
 
-            # quotes only where a value needs them: an id column comes out as the input had it
-            self.writer = pacsv.CSVWriter(self.tmp, schema, write_options=pacsv.WriteOptions(
-                quoting_style="needed", quoting_header="none"))
+            self.writer = pacsv.CSVWriter(self.tmp, schema)
 
     def write(self, table: Any) -> None:
         self.tables.append(table)
