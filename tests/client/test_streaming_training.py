@@ -87,7 +87,7 @@ def test_device_cpu_and_auto_on_a_cpu_only_machine(tmp_path, monkeypatch):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
-@pytest.mark.parametrize("value", ["gpu", "cuda:x", "cuda0", "CPU"])
+@pytest.mark.parametrize("value", ["gpu", "cuda:x", "cuda0", "CPU", "gpu:0", "tpu:1", "cuda:1:2"])
 def test_a_bad_device_fails_up_front_with_one_line(value):
     with pytest.raises(ConfigError) as info:
         load_config([f"train.device={value}"])
