@@ -50,7 +50,9 @@ def test_flwr_run_completes_and_writes_the_run_folder(tmp_path):
     assert {r["scenario"] for r in rows} == {"NL", "ES", "FR", "US"}
     assert all(0.0 <= float(r["auc"]) <= 1.0 for r in rows)
     assert (run_dir / "auc.png").is_file()
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ES.pt", "FR.pt", "NL.pt", "US.pt"]
+    # each scenario's model, and beside it what scoring needs (pfms-score)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
+        [f"{s}.pt" for s in ("ES", "FR", "NL", "US")] + [f"{s}.encoding" for s in ("ES", "FR", "NL", "US")])
     assert json.loads((run_dir / "server_state" / "state.json").read_text())["round"] == 2
     # Flower installed nothing at run time, and every process we started is gone.
     assert "uv sync" not in out
