@@ -304,3 +304,12 @@ def test_weight_decay_reaches_adam():
     no_decay = tiny_model()
     train_local(no_decay, data, {}, cfg(lr=1e-2, weight_decay=0.0, local_epochs=3), seed=0)
     assert any(not torch.allclose(p, q, atol=1e-5) for p, q in zip(model.parameters(), no_decay.parameters()))
+
+
+@pytest.mark.parametrize("name, ok", [("cpu", True), ("auto", True), ("cuda", True), ("cuda:0", True), ("cuda:12", True),
+                                      ("gpu:0", False), ("tpu:1", False), ("cuda:", False), ("cuda:x", False),
+                                      ("cuda:1:2", False), ("CUDA", False), (3, False)])
+def test_device_names(name, ok):
+    from pfms_client.trainer import device_problem
+
+    assert (device_problem(name) is None) == ok

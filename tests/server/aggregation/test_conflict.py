@@ -496,5 +496,7 @@ def test_a_degenerate_solver_answer_falls_back_to_uniform_weights():
     are then uniform, never NaN and never a wrong shape."""
     from pfms_server.aggregation.conflict import _project_simplex_clip
 
-    np.testing.assert_array_equal(_project_simplex_clip(np.array([np.nan, -1.0, np.nan])), np.full(3, 1 / 3))
+    uniform = _project_simplex_clip(np.array([np.nan, -1.0, np.nan]))
+    assert uniform.shape == (3,) and uniform.dtype == np.float64
+    np.testing.assert_array_equal(uniform, np.full(3, 1 / 3))
     np.testing.assert_array_equal(_project_simplex_clip(np.array([np.nan, 3.0, 1.0])), [0.0, 0.75, 0.25])
