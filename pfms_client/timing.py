@@ -55,8 +55,9 @@ class AnonPeak:
     def __init__(self, interval: float = ANON_SAMPLE_S) -> None:
         self.peak_kib = rss_anon_kib()
         self._stop = threading.Event()
-        threading.Thread(target=AnonPeak._run, args=(weakref.ref(self), self._stop, interval), daemon=True,
-                         name="pfms-anon-peak").start()
+        self.thread = threading.Thread(target=AnonPeak._run, args=(weakref.ref(self), self._stop, interval),
+                                       daemon=True, name="pfms-anon-peak")
+        self.thread.start()
 
     @staticmethod
     def _run(ref: weakref.ref, stop: threading.Event, interval: float) -> None:
