@@ -26,18 +26,10 @@ import threading
 import time
 from pathlib import Path
 
+from pfms_client.timing import rss_anon_kib  # RssAnon of the child process we sample
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_S = 0.05
-
-
-def rss_anon_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def make_input(test_file: Path, rows: int, dest: Path) -> Path:

@@ -35,6 +35,7 @@ import numpy as np
 
 from .data.errors import DataValidationError
 from .data.readers import SlowPathNeeded, iter_checked_chunks
+from .data.store import task_label_matrix
 from .data.schema import DatasetSchema
 from .trained_model import TrainedModel, TrainedModelError, load_trained
 
@@ -195,15 +196,6 @@ def _batches(chunks: Iterator[Any], batch_size: int) -> Iterator[tuple[np.ndarra
         yield cat, num, lab
 
 
-def task_labels(labels: np.ndarray, schema: DatasetSchema) -> np.ndarray:
-    """uint8 [n, T]: task t is 1 where every label column it needs is 1 (as the store builds them)."""
-    col = {c: j for j, c in enumerate(schema.labels)}
-    out = np.empty((labels.shape[0], schema.num_tasks), dtype=np.uint8)
-    for t, task in enumerate(schema.tasks):
-        out[:, t] = np.logical_and.reduce([labels[:, col[c]] == 1 for c in task.all_of])
-    return out
-
-
 def check_output(path: Path) -> None:
     if path.suffix not in OUTPUT_FORMATS:
         raise ScoringInputError(f"{path}: output must end in {' or '.join(OUTPUT_FORMATS)} (the format follows it)")
@@ -264,7 +256,7 @@ def _score(trained: TrainedModel, schema: Any, input_path: Path, output_path: Pa
                 writer.write(pa.table([*columns, *(pa.array(p[:, t]) for t in range(p.shape[1]))],
                                       schema=out_schema))
                 if metrics is not None:
-                    metrics.add(task_labels(labels, schema), p)
+                    metrics.add(task_label_matrix(labels, schema), p)
                 rows += len(p)
                 if progress is not None:
                     progress(f"score {input_path.name}", rows, None)

@@ -33,11 +33,12 @@ def process_age_s() -> float:
 ANON_SAMPLE_S = 0.05  # how often AnonPeak reads /proc/self/status
 
 
-def rss_anon_kib() -> int:
-    """This process's resident anonymous memory (RssAnon); 0 where /proc is not available.
-    Pages of a mapped store are file-backed: the page cache holds them, not this figure."""
+def rss_anon_kib(pid: int | str = "self") -> int:
+    """A process's resident anonymous memory (RssAnon; this one by default); 0 where /proc
+    is not available or the process is gone. Pages of a mapped store are file-backed: the
+    page cache holds them, not this figure."""
     try:
-        with open("/proc/self/status", encoding="ascii") as fh:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
             for line in fh:
                 if line.startswith("RssAnon:"):
                     return int(line.split()[1])

@@ -26,7 +26,7 @@ import numpy as np
 
 from .data.schema import Constraint, DatasetSchema, TaskSpec
 from .data.settings import DatasetSettings
-from .data.store import VOCAB_DIR, read_manifest, read_vocab
+from .data.store import VOCAB_DIR, read_manifest, read_vocab, schema_record
 
 ENCODING_FORMAT = 1
 ENCODING_FILE = "encoding.json"
@@ -40,18 +40,6 @@ class TrainedModelError(ValueError):
 def encoding_dir(checkpoint: Path) -> Path:
     """``checkpoints/NL.pt`` -> ``checkpoints/NL.encoding``."""
     return checkpoint.with_name(checkpoint.stem + ".encoding")
-
-
-def schema_record(schema: DatasetSchema) -> dict[str, Any]:
-    return {
-        "categorical": list(schema.categorical),
-        "numerical": list(schema.numerical),
-        "labels": list(schema.labels),
-        "tasks": [[t.name, list(t.all_of)] for t in schema.tasks],
-        "constraints": [[c.label, c.requires] for c in schema.constraints],
-        "id_columns": list(schema.id_columns),
-        "ignore_columns": list(schema.ignore_columns),
-    }
 
 
 def schema_from_record(record: dict[str, Any]) -> DatasetSchema:

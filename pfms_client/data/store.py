@@ -94,6 +94,19 @@ def sources(settings: DatasetSettings, scenario: str) -> dict[str, Path]:
     return {"all": path}
 
 
+def schema_record(schema: Any) -> dict[str, Any]:
+    """A schema as plain JSON: part of a store's settings and of a checkpoint's encoding."""
+    return {
+        "categorical": list(schema.categorical),
+        "numerical": list(schema.numerical),
+        "labels": list(schema.labels),
+        "tasks": [[t.name, list(t.all_of)] for t in schema.tasks],
+        "constraints": [[c.label, c.requires] for c in schema.constraints],
+        "id_columns": list(schema.id_columns),
+        "ignore_columns": list(schema.ignore_columns),
+    }
+
+
 def encoding_settings(settings: DatasetSettings, scenario: str) -> dict[str, Any]:
     """Everything that changes the prepared arrays (a change means a rebuild)."""
     schema = settings.schema
@@ -102,13 +115,7 @@ def encoding_settings(settings: DatasetSettings, scenario: str) -> dict[str, Any
         "scenario": scenario,
         "layout": settings.layout,
         "sources": {k: str(p.resolve()) for k, p in sources(settings, scenario).items()},
-        "categorical": list(schema.categorical),
-        "numerical": list(schema.numerical),
-        "labels": list(schema.labels),
-        "tasks": [[t.name, list(t.all_of)] for t in schema.tasks],
-        "constraints": [[c.label, c.requires] for c in schema.constraints],
-        "id_columns": list(schema.id_columns),
-        "ignore_columns": list(schema.ignore_columns),
+        **schema_record(schema),
         "min_count": settings.min_count,
         "numeric_transform": settings.numeric_transform,
         "val_fraction": settings.split.val_fraction,
@@ -278,8 +285,9 @@ def _expected_rows(path: Path, max_rows: int | None) -> int | None:
     return min(est, max_rows) if max_rows is not None else est
 
 
-def _task_labels(labels: np.ndarray, schema: Any) -> np.ndarray:
-    """uint8 [n, T]: task t is 1 where every label it needs is 1."""
+def task_label_matrix(labels: np.ndarray, schema: Any) -> np.ndarray:
+    """uint8 [n, T] from the label columns [n, L]: task t is 1 where every label it needs is 1
+    (what the store holds as y, and what pfms-score compares its probabilities with)."""
     col = {c: j for j, c in enumerate(schema.labels)}
     tasks = np.empty((labels.shape[0], schema.num_tasks), dtype=np.uint8)
     for t, task in enumerate(schema.tasks):
@@ -291,7 +299,7 @@ def _annotator(schema: Any) -> Callable[[Any], Any]:
     """The per-chunk work that needs no shared state, done in the parsing threads: each
     field's ids factorized, and the task labels."""
     def annotate(chunk: Any) -> Any:
-        return [factorized(chunk.cat[:, f]) for f in range(chunk.cat.shape[1])], _task_labels(chunk.labels, schema)
+        return [factorized(chunk.cat[:, f]) for f in range(chunk.cat.shape[1])], task_label_matrix(chunk.labels, schema)
     return annotate
 
 
