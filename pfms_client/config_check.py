@@ -300,7 +300,7 @@ def check_dataset(node: Any) -> None:
         settings = DatasetSettings.from_config(node)
         if settings.generator is not None:
             params = TenrecGeneratorParams if settings.layout == "tenrec" else GeneratorParams
-            params.from_dict(settings.generator, where="dataset.generator")
+            params.from_dict(settings.generator, where="dataset.generator", scenarios=settings.scenarios)
         if settings.source is not None:
             from .data.movielens import MovieLensSource  # the only source kind (pandas: import on demand)
 

@@ -22,7 +22,9 @@ module writes scenarios to disk (``generate``, ``write_scenario``,
 Randomness: structure shared by all scenarios comes from ``seed`` alone;
 everything per scenario from ``(seed, crc32(scenario name))``, so one scenario
 generated alone is identical to the same scenario in a full run, whatever the
-list of scenarios is.
+list of scenarios is. A scenario's size is its own (``rows_train_by_scenario``,
+see ``params``): everything here works on ``params.for_scenario(scenario)``, so a
+scenario of N train rows is the same whether N is its own count or everyone's.
 
 Streaming: rows are simulated ``BLOCK_ROWS`` at a time (``simulate_blocks``) and
 appended to the CSVs as they come, so memory stays that of one block (about 0.3
@@ -161,6 +163,7 @@ class _Scenario:
 
 def simulate_scenario(scenario: str, params: GeneratorParams) -> ScenarioArrays:
     """All rows of one scenario in memory (the blocks of ``simulate_blocks``, joined)."""
+    params = params.for_scenario(scenario)
     blocks = list(simulate_blocks(scenario, params))
     return ScenarioArrays(
         scenario=scenario,
@@ -184,6 +187,7 @@ def simulate_blocks(scenario: str, params: GeneratorParams) -> Iterator[Scenario
     ``(seed, scenario, b)``. The block size is therefore part of the data (a
     different size would give other rows), which is why it is a constant.
     """
+    params = params.for_scenario(scenario)
     shared = _shared_structure(params)
     key = scenario_key(scenario)
     n_total = params.rows_train + params.rows_test
@@ -381,7 +385,14 @@ def generate(
     seed: int = _DEFAULTS.seed,
     **knobs: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Generate (or regenerate) every scenario; returns each scenario's meta."""
+    """Generate (or regenerate) every scenario; returns each scenario's meta.
+
+    ``rows_train_by_scenario`` (a knob) gives named scenarios their own train rows;
+    a name not in ``scenarios`` is an error."""
+    GeneratorParams.from_dict(
+        {"rows_train": rows_train, "rows_test": rows_test, "seed": seed, **knobs},
+        scenarios=scenarios,
+    )
     return {
         s: generate_scenario(out_dir, s, rows_train, rows_test, seed, **knobs) for s in scenarios
     }
@@ -395,7 +406,11 @@ def generate_scenario(
     seed: int = _DEFAULTS.seed,
     **knobs: Any,
 ) -> dict[str, Any]:
-    """Generate one scenario alone; byte-identical to the same scenario in a full run."""
+    """Generate one scenario alone; byte-identical to the same scenario in a full run.
+
+    ``rows_train_by_scenario={scenario: n}`` among the knobs sets this scenario's own
+    train rows (a name other than ``scenario`` in it is ignored here: ``generate``
+    checks the names against its list)."""
     params = GeneratorParams.from_dict(
         {"rows_train": rows_train, "rows_test": rows_test, "seed": seed, **knobs}
     )
@@ -410,6 +425,7 @@ def write_scenario(
     Memory is bounded by one block (``BLOCK_ROWS`` rows) whatever the row count;
     the meta's rates are running counts and its oracle AUCs ``StreamingAUC``s.
     """
+    params = params.for_scenario(scenario)
     decimals = [params.float_decimals if c in NUMERICAL else None for c in COLUMNS]
     stats = _ScenarioStats(scenario, params, names)
     progress = Progress(f"{scenario}", params.rows_train + params.rows_test)
@@ -442,7 +458,9 @@ def ensure_aliexpress_generated(settings: DatasetSettings, scenarios: Sequence[s
     """
     if "{scenario}" not in str(settings.scenario_dir):
         raise ValueError("dataset.generator needs a scenario_dir containing '{scenario}'")
-    params = GeneratorParams.from_dict(settings.generator)
+    params = GeneratorParams.from_dict(
+        settings.generator, where="dataset.generator", scenarios=settings.scenarios
+    )
     names = OutputNames(
         str(settings.scenario_dir), str(settings.train_file), str(settings.test_file)
     )
@@ -451,7 +469,7 @@ def ensure_aliexpress_generated(settings: DatasetSettings, scenarios: Sequence[s
         folder = names.folder(settings.root, scenario)
         if not folder.is_dir():
             write_scenario(settings.root, scenario, params, names, overwrite=False)
-        _check_existing(folder, params)
+        _check_existing(folder, params.for_scenario(scenario))
 
 
 class _ScenarioStats:

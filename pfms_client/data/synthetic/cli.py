@@ -2,7 +2,9 @@
 
 ``pfms-generate --out DIR --scenarios NL ES FR US`` writes one folder per
 scenario (train.csv, test.csv, meta.json) and ``DIR/meta.json``, atomically;
-``--set KNOB=JSON`` sets any other generator knob. A training run needs no such
+``--rows-train-by-scenario NL=100000 ES=30000`` gives the named scenarios their own
+train rows (the others keep ``--rows-train``), and ``--set KNOB=JSON`` sets any
+other generator knob. A training run needs no such
 step: ``load_scenario`` generates a configured scenario on first use. Any size
 streams in bounded memory (10 million rows: see the README); a scenario that
 takes more than a few seconds prints a progress line (rows/s, ETA) on stderr.
@@ -29,6 +31,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder (one subfolder per scenario)")
     parser.add_argument("--scenarios", nargs="+", default=["NL", "ES", "FR", "US"])
     parser.add_argument("--rows-train", type=int, default=_DEFAULTS.rows_train)
+    parser.add_argument(
+        "--rows-train-by-scenario",
+        nargs="+",
+        default=[],
+        metavar="SCENARIO=ROWS",
+        help="train rows of the named scenarios (others: --rows-train), e.g. NL=100000 ES=30000",
+    )
     parser.add_argument("--rows-test", type=int, default=_DEFAULTS.rows_test)
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     knob_names = sorted(GeneratorParams.knob_names())
@@ -49,6 +58,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             knobs[key] = json.loads(value)
         except json.JSONDecodeError:
             parser.error(f"--set {key}: value {value!r} is not valid JSON")
+    if args.rows_train_by_scenario:
+        by_scenario: dict[str, Any] = {}
+        for item in args.rows_train_by_scenario:
+            name, sep, rows = item.partition("=")
+            if not sep or not name:
+                parser.error(f"--rows-train-by-scenario expects SCENARIO=ROWS, got {item!r}")
+            try:
+                by_scenario[name] = int(rows)
+            except ValueError:
+                parser.error(f"--rows-train-by-scenario {name}: {rows!r} is not an integer")
+        knobs["rows_train_by_scenario"] = by_scenario
+    try:
+        GeneratorParams.from_dict(
+            {"rows_train": args.rows_train, "rows_test": args.rows_test, "seed": args.seed, **knobs},
+            scenarios=args.scenarios,
+        )
+    except ValueError as exc:  # one line naming the knob, not a traceback
+        parser.error(str(exc))
     metas = generate(args.out, args.scenarios, args.rows_train, args.rows_test, args.seed, **knobs)
     for scenario, meta in metas.items():
         tr, te = meta["train"], meta["test"]

@@ -6,47 +6,125 @@
 wrong type is an error naming ``where.knob``) and back. They live apart from the
 generators so that reading a config (``DatasetSettings``, the config check)
 needs the knobs' names and types, not the code that makes the data.
+
+Per-scenario sizes: ``rows_train_by_scenario`` (AliExpress schema) and
+``rows_by_scenario`` (Tenrec schema) map a scenario name to its own row count;
+a scenario not named keeps ``rows_train`` / ``rows``. ``for_scenario`` turns
+the knobs into that one scenario's plain knobs (its count in ``rows_train`` /
+``rows``, no map), which is what the generator simulates and what the
+scenario's meta.json records: a scenario of N rows is the same bytes whether N
+came from the map or from the single count, and data written before the map
+existed still match their configuration.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, get_args, get_origin, get_type_hints
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
+
+# A per-scenario count as the frozen dataclasses hold it: (scenario, count) pairs in the
+# config's order (a tuple, so the params stay hashable); a mapping in YAML and to_dict.
+ScenarioCounts = tuple[tuple[str, int], ...]
 
 
 class KnobParams:
     """Config <-> frozen knob dataclass: an unknown knob is an error; YAML lists are tuples inside."""
+
+    # Per-scenario count knob -> the knob it overrides for the scenarios it names.
+    PER_SCENARIO: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def knob_names(cls) -> frozenset[str]:
         return frozenset(f.name for f in fields(cls))
 
     @classmethod
-    def from_dict(cls, knobs: dict[str, Any], where: str = "generator") -> Any:
+    def from_dict(
+        cls, knobs: dict[str, Any], where: str = "generator", scenarios: Collection[str] | None = None
+    ) -> Any:
         """Every knob a value of its field's type, >= 0 (all are counts, seeds, stds, rates,
-        shares or exponents), ranges as [low, high] with low <= high; errors name ``where.knob``."""
+        shares or exponents), ranges as [low, high] with low <= high, per-scenario counts a
+        mapping of names to integers >= 1 (names among ``scenarios`` when given); errors
+        name ``where.knob``."""
         names = cls.knob_names()
         unknown = sorted(set(knobs) - names)
         if unknown:
             raise ValueError(f"{where}: unknown knob(s) {unknown}; known: {sorted(names)}")
         hints = get_type_hints(cls)
         for name, value in knobs.items():
+            if hints[name] == ScenarioCounts and isinstance(value, Mapping):
+                for scenario, count in value.items():  # name the entry, not the whole map
+                    if (expected := _count_problem(scenario, count)) is not None:
+                        raise ValueError(f"{where}.{name}.{scenario}={count!r}: expected {expected}")
             if (expected := _knob_problem(hints[name], value)) is not None:
                 raise ValueError(f"{where}.{name}={value!r}: expected {expected}")
-        clean = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in knobs.items()}
+        clean = {k: _frozen(hints[k], v) for k, v in knobs.items()}
         try:
-            return cls(**clean)
+            params = cls(**clean)
         except ValueError as exc:  # __post_init__ says "generator: ..."
             msg = str(exc)
             raise ValueError(where + msg[len("generator"):] if msg.startswith("generator") else msg) from exc
+        if scenarios is not None:
+            params.check_scenario_names(scenarios, where)
+        return params
+
+    def check_scenario_names(self, scenarios: Collection[str], where: str = "generator") -> None:
+        """A per-scenario count naming no configured scenario is a typo, not a size to ignore."""
+        for knob in self.PER_SCENARIO:
+            unknown = [s for s, _ in getattr(self, knob) if s not in scenarios]
+            if unknown:
+                raise ValueError(
+                    f"{where}.{knob}: unknown scenario(s) {unknown}; the scenarios are {list(scenarios)}"
+                )
+
+    def for_scenario(self, scenario: str) -> Any:
+        """The knobs of one scenario: its own count in place of the default, no per-scenario map.
+
+        Idempotent; the generator simulates and records these, so a scenario's files
+        depend only on its own count, never on how the config spelled it."""
+        changes: dict[str, Any] = {}
+        for knob, base in self.PER_SCENARIO.items():
+            counts = dict(getattr(self, knob))
+            changes[knob] = ()
+            changes[base] = counts.get(scenario, getattr(self, base))
+        return replace(self, **changes) if changes else self
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The knobs as config values; an empty per-scenario map is left out (the default, and
+        what every scenario's meta.json records, as it did before the map existed)."""
+        out = {}
+        for k, v in asdict(self).items():
+            if k in self.PER_SCENARIO:
+                if v:
+                    out[k] = dict(v)
+            else:
+                out[k] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+def _frozen(hint: Any, value: Any) -> Any:
+    """A checked config value as the dataclass holds it: lists as tuples, a mapping as pairs."""
+    if hint == ScenarioCounts:
+        return tuple((str(k), int(v)) for k, v in value.items())
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _count_problem(scenario: Any, count: Any) -> str | None:
+    """What one entry of a per-scenario count should be, when it is not; else None."""
+    if not isinstance(scenario, str) or not scenario:
+        return "a scenario name as the key"
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        return "a row count, an integer >= 1"
+    return None
 
 
 def _knob_problem(hint: Any, value: Any) -> str | None:
     """What a knob of type ``hint`` should be, when ``value`` is not that; else None."""
+    if hint == ScenarioCounts:
+        if not isinstance(value, Mapping) or any(_count_problem(k, v) for k, v in value.items()):
+            return "a mapping of scenario names to row counts (integers >= 1), e.g. {NL: 100000, ES: 30000}"
+        return None
     if get_origin(hint) is tuple:
         (item,) = set(get_args(hint))
         if (
@@ -69,7 +147,10 @@ def _knob_problem(hint: Any, value: Any) -> str | None:
 class GeneratorParams(KnobParams):
     """Generator knobs. Defaults mirror ``conf/dataset/synthetic.yaml`` (a test keeps them in sync)."""
 
-    rows_train: int = 20_000
+    PER_SCENARIO: ClassVar[dict[str, str]] = {"rows_train_by_scenario": "rows_train"}
+
+    rows_train: int = 20_000  # per scenario, unless rows_train_by_scenario names it
+    rows_train_by_scenario: ScenarioCounts = ()  # {scenario: train rows}; test rows stay rows_test
     rows_test: int = 10_000
     seed: int = 2024
     # Per-scenario targets for the expected rates, drawn uniformly from these ranges.
@@ -125,7 +206,10 @@ class GeneratorParams(KnobParams):
 class TenrecGeneratorParams(KnobParams):
     """Generator knobs; defaults mirror ``conf/dataset/synthetic_tenrec.yaml`` (a test checks)."""
 
-    rows: int = 30_000  # per scenario; the reader holds out the test rows
+    PER_SCENARIO: ClassVar[dict[str, str]] = {"rows_by_scenario": "rows"}
+
+    rows: int = 30_000  # per scenario (unless rows_by_scenario names it); the reader holds out the test rows
+    rows_by_scenario: ScenarioCounts = ()  # {scenario: rows}
     seed: int = 2024
     # Users and items (id spaces shared by all scenarios).
     num_users: int = 8_000

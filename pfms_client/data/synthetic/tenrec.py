@@ -20,7 +20,8 @@ this module writes scenarios to disk (``generate_tenrec``, ``write_tenrec_scenar
 
 Randomness: shared structure from ``seed`` alone, a scenario's from
 ``(seed, crc32(scenario name))``, so one scenario generated alone equals the
-same scenario in a full run.
+same scenario in a full run. A scenario's size is its own (``rows_by_scenario``,
+see ``params``): everything here works on ``params.for_scenario(scenario)``.
 
 On disk: ``{out}/{scenario}.csv`` (the Tenrec video columns) with a
 ``{scenario}.meta.json`` sidecar (params, target and measured rates, oracle
@@ -140,6 +141,7 @@ class _Scenario:
 
 def simulate_tenrec_scenario(scenario: str, params: TenrecGeneratorParams) -> TenrecArrays:
     """All rows of one scenario in memory (the blocks of ``simulate_tenrec_blocks``, joined)."""
+    params = params.for_scenario(scenario)
     blocks = list(simulate_tenrec_blocks(scenario, params))
     return TenrecArrays(
         scenario=scenario,
@@ -161,6 +163,7 @@ def simulate_tenrec_blocks(scenario: str, params: TenrecGeneratorParams) -> Iter
     is the one that generator made); block b >= 1 draws its rows from
     ``(seed, scenario, b)``. The block size is part of the data, hence a constant.
     """
+    params = params.for_scenario(scenario)
     shared = _shared_structure(params)
     key = scenario_key(scenario)
     scen: _Scenario | None = None
@@ -330,7 +333,7 @@ def generate_tenrec(
     out_dir: str | os.PathLike[str], scenarios: Sequence[str], **knobs: Any
 ) -> dict[str, dict[str, Any]]:
     """Generate (or regenerate) ``{out_dir}/{scenario}.csv`` for each scenario; returns the metas."""
-    params = TenrecGeneratorParams.from_dict(knobs)
+    params = TenrecGeneratorParams.from_dict(knobs, scenarios=scenarios)
     return {
         s: write_tenrec_scenario(Path(out_dir) / DEFAULT_FILE.format(scenario=s), s, params)
         for s in scenarios
@@ -342,6 +345,7 @@ def write_tenrec_scenario(path: Path, scenario: str, params: TenrecGeneratorPara
 
     Memory is bounded by one block (``BLOCK_ROWS`` rows) whatever ``rows`` is.
     """
+    params = params.for_scenario(scenario)
     stats = _ScenarioStats(scenario, params, path.name)
     progress = Progress(scenario, params.rows)
 
@@ -364,7 +368,9 @@ def ensure_tenrec_generated(settings: DatasetSettings, scenarios: Sequence[str])
         return
     if "{scenario}" not in str(settings.scenario_file):
         raise ValueError("dataset.generator needs a scenario_file containing '{scenario}'")
-    params = TenrecGeneratorParams.from_dict(settings.generator)
+    params = TenrecGeneratorParams.from_dict(
+        settings.generator, where="dataset.generator", scenarios=settings.scenarios
+    )
     for scenario in scenarios:
         settings.check_scenario(scenario)
         path = settings.scenario_path(scenario)
@@ -372,7 +378,7 @@ def ensure_tenrec_generated(settings: DatasetSettings, scenarios: Sequence[str])
             write_tenrec_scenario(path, scenario, params)
         check_made_with(
             path,
-            params.to_dict(),
+            params.for_scenario(scenario).to_dict(),
             f"delete {path} to regenerate, or point dataset.root elsewhere",
         )
 
