@@ -13,8 +13,10 @@ on; the report lists it (FAILED and why), the command exits 1, and running it ag
 redoes only the failed runs.
 
 Writes to ``<out>``: results.csv / results.md (test AUC and LogLoss per scenario x task,
-mean ± std over seeds; each arm's difference from the first arm, paired by seed), paired.csv,
-upload_bytes.csv, timing.csv, failed.csv (arm, seed, why), auc_by_round.png.
+mean ± std over seeds; each arm's difference from the first arm, paired by seed, overall and per
+scenario), paired.csv, per_scenario.csv (arm x scenario x task: test AUC over seeds and the paired
+difference from the first arm), upload_bytes.csv, timing.csv, failed.csv (arm, seed, why),
+auc_by_round.png.
 """
 
 from __future__ import annotations
@@ -395,9 +397,12 @@ def write_report(out: Path, runs: Sequence[Run], arms: dict[str, list[str]], see
     cr.write_csv(out / "timing.csv", timing, cr.TIMING_FIELDS)
     paired = cr.paired_differences(final, next(iter(arms)))
     cr.write_csv(out / "paired.csv", paired, cr.PAIRED_FIELDS)
+    scenario_rows = cr.per_scenario(final, next(iter(arms)), list(arms))
+    cr.write_csv(out / "per_scenario.csv", scenario_rows, cr.PER_SCENARIO_FIELDS)
     best = {a: cr.spread(v) for a, v in best_val.items()} if len(best_val) == len(arms) else None
     (out / "results.md").write_text(cr.markdown(results, timing, upload, seeds=seeds, arm_overrides=arms,
-                                                common=common, best_val=best, paired=paired, failed=failed))
+                                                common=common, best_val=best, paired=paired, failed=failed,
+                                                scenario_rows=scenario_rows))
     cr.write_csv(out / "failed.csv", failed, cr.FAILED_FIELDS)
     if by_round := cr.mean_by_round(metrics, "test"):  # none when every run failed
         cr.plot_mean_auc(by_round, out / "auc_by_round.png")
@@ -467,7 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if r["scenario"] == cr.MEAN:
             print(f"  {r['arm']:<22} {cr.fmt_spread(r['auc_mean'], r['auc_std'])}")
     plot = ", auc_by_round.png" if (out / "auc_by_round.png").is_file() else ""
-    print(f"wrote {out}/results.md, results.csv, paired.csv, upload_bytes.csv, timing.csv, failed.csv{plot}")
+    print(f"wrote {out}/results.md, results.csv, paired.csv, per_scenario.csv, upload_bytes.csv, timing.csv, "
+          f"failed.csv{plot}")
     if failed := failed_runs(runs):  # earlier attempts' failures were redone above: these are this attempt's
         for f in failed:
             print(f"  FAILED {f['arm']} seed={f['seed']}: {f['why']}", file=sys.stderr)

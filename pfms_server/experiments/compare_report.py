@@ -21,6 +21,8 @@ RESULT_FIELDS = ["arm", "scenario", "task", "final_round", "auc_mean", "auc_std"
 UPLOAD_FIELDS = ["arm", "seed", "round", "scenario", "bytes"]
 TIMING_FIELDS = ["arm", "seed", "seconds"]
 PAIRED_FIELDS = ["arm", "reference", "auc_diff_mean", "auc_diff_std", "n_seeds", "wins"]
+PER_SCENARIO_FIELDS = ["arm", "scenario", "task", "final_round", "auc_mean", "auc_std", "n_seeds", "reference",
+                       "auc_diff_mean", "auc_diff_std", "n_paired", "wins"]
 FAILED_FIELDS = ["arm", "seed", "why"]
 FAILED = "FAILED"  # the cell of an arm whose every run failed
 
@@ -115,6 +117,48 @@ def paired_differences(final: Sequence[dict], reference: str) -> list[dict]:
     return out
 
 
+def per_scenario(final: Sequence[dict], reference: str, arms: Sequence[str] | None = None) -> list[dict]:
+    """Per arm x scenario x task: test AUC (mean ± std over seeds) and its paired difference from
+    ``reference`` in that cell; each scenario also gets a ``mean`` task row (its tasks averaged per seed).
+
+    The overall mean hides which scenarios gain: with skewed sizes federation may help the
+    small scenarios and cost the large one, so each cell gets its own seed-by-seed
+    difference (the same pairing as ``paired_differences``). Only seeds both arms
+    finished, with a finite AUC in the cell, are paired; ``wins`` counts seeds above.
+    """
+    arms = list(arms) if arms is not None else _ordered(r["arm"] for r in final)
+    scenarios = _ordered(r["scenario"] for r in final)
+    cells = [c for s in scenarios for c in [*_ordered((r["scenario"], r["task"]) for r in final
+                                                        if r["scenario"] == s), (s, MEAN)]]
+    auc: dict[tuple, float] = {}  # (arm, seed, scenario, task) -> AUC; task MEAN = mean over the tasks
+    for r in final:
+        auc[(r["arm"], r["seed"], r["scenario"], r["task"])] = float(r["auc"]) if _finite([r["auc"]]) else math.nan
+    for (arm, seed, scenario) in _ordered((r["arm"], r["seed"], r["scenario"]) for r in final):
+        vals = _finite(r["auc"] for r in final if (r["arm"], r["seed"], r["scenario"]) == (arm, seed, scenario))
+        auc[(arm, seed, scenario, MEAN)] = float(np.mean(vals)) if vals else math.nan
+    out = []
+    for arm in arms:
+        seeds = _ordered(r["seed"] for r in final if r["arm"] == arm)
+        if not seeds:
+            continue
+        final_round = max(r["round"] for r in final if r["arm"] == arm)
+        ref_seeds = _ordered(r["seed"] for r in final if r["arm"] == reference)
+        for scenario, task in cells:
+            mine = [auc.get((arm, seed, scenario, task), math.nan) for seed in seeds]
+            if not any((arm, seed, scenario, task) in auc for seed in seeds):
+                continue
+            mean, std, n = spread(mine)
+            diffs = [auc[(arm, seed, scenario, task)] - auc[(reference, seed, scenario, task)] for seed in ref_seeds
+                     if not math.isnan(auc.get((arm, seed, scenario, task), math.nan))
+                     and not math.isnan(auc.get((reference, seed, scenario, task), math.nan))]
+            d_mean, d_std, d_n = spread(diffs)
+            out.append({"arm": arm, "scenario": scenario, "task": task, "final_round": final_round,
+                        "auc_mean": mean, "auc_std": std, "n_seeds": n, "reference": reference,
+                        "auc_diff_mean": d_mean, "auc_diff_std": d_std, "n_paired": d_n,
+                        "wins": sum(d > 0 for d in diffs)})
+    return out
+
+
 def mean_by_round(rows: Sequence[dict], split: str = "test") -> dict[str, dict[str, np.ndarray]]:
     """Per arm: rounds, and the mean / min / max over seeds of the per-seed mean AUC at each round."""
     seeds = per_seed_means([r for r in rows if r["split"] == split])
@@ -170,6 +214,33 @@ def _verdict(p: dict) -> str:
     return "within spread"
 
 
+def per_scenario_markdown(rows: Sequence[dict], arms: Sequence[str], decimals: int = 4) -> list[str]:
+    """The per-scenario table: per arm, each scenario's mean AUC over its tasks and, per cell, the
+    paired difference from the reference with the seeds above it (the reference's row: its AUC)."""
+    ref = rows[0]["reference"]
+    cells = _ordered((r["scenario"], r["task"]) for r in rows)
+    by = {(r["arm"], r["scenario"], r["task"]): r for r in rows}
+
+    def cell(arm: str, scenario: str, task: str) -> str:
+        r = by.get((arm, scenario, task))
+        if r is None:
+            return "n/a"
+        if arm == ref:
+            return fmt_spread(r["auc_mean"], r["auc_std"], decimals)
+        if r["n_paired"] == 0:
+            return "n/a"
+        sign = "+" if r["auc_diff_mean"] >= 0 else ""
+        return f"{sign}{fmt_spread(r['auc_diff_mean'], r['auc_diff_std'], decimals)} ({r['wins']}/{r['n_paired']})"
+
+    header = ["arm", *(f"{s} ({t})" if t == MEAN else f"{s}/{t}" for s, t in cells)]
+    body = [[a, *(cell(a, s, t) for s, t in cells)] for a in arms if any(k[0] == a for k in by)]
+    return ["", f"## Test AUC per scenario: difference from {ref}'s, paired by seed", "",
+            f"{ref}'s row: its test AUC (mean ± std over seeds). Other rows: the arm's AUC minus {ref}'s in "
+            f"that cell, seed by seed, mean ± std (seeds above {ref}). `<scenario> ({MEAN})`: the scenario's "
+            "tasks averaged per seed first. Absolute AUCs of every arm: per_scenario.csv.", "",
+            *_table(header, body)]
+
+
 def _bytes(n: float) -> str:
     for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
@@ -190,7 +261,7 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 def markdown(results: Sequence[dict], timing: Sequence[dict], upload: Sequence[dict], *,
              seeds: Sequence[int], arm_overrides: dict[str, list[str]], common: Sequence[str] = (),
              best_val: dict[str, tuple[float, float, int]] | None = None, paired: Sequence[dict] = (),
-             failed: Sequence[dict] = (), decimals: int = 4) -> str:
+             failed: Sequence[dict] = (), scenario_rows: Sequence[dict] = (), decimals: int = 4) -> str:
     """The comparison as Markdown: AUC and LogLoss tables (rows = arms), cost, and what each arm is.
 
     ``failed`` (arm, seed, why): runs that report no AUC. An arm with no completed run
@@ -228,6 +299,8 @@ def markdown(results: Sequence[dict], timing: Sequence[dict], upload: Sequence[d
                   "differences. \"above\"/\"below\": the mean difference is larger than its spread "
                   "(|mean| > std) and every seed agrees; otherwise \"within spread\".", "",
                   *_table(["arm", f"AUC − {ref}", "seeds above", "verdict"], body)]
+    if scenario_rows:
+        lines += per_scenario_markdown(scenario_rows, arms, decimals)
     if best_val:
         body = [[a, fmt_spread(*best_val[a][:2], decimals)] for a in arms if a in best_val]
         lines += ["", "## Test mean AUC at the round with the best mean validation AUC", "",

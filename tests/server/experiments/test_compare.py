@@ -148,9 +148,17 @@ def test_compare_writes_table_with_the_right_rows(smoke):
         assert float(mean_row["auc_mean"]) == pytest.approx(np.mean(seeds))
         assert float(mean_row["auc_std"]) == pytest.approx(np.std(seeds, ddof=1))
     md = (out / "results.md").read_text()
-    # AUC, LogLoss, cost, arms; no-conflict also in the paired table against pfmsmtrec (the first arm)
-    assert sum(line.startswith("| pfmsmtrec |") for line in md.splitlines()) == 4
-    assert sum(line.startswith("| no-conflict |") for line in md.splitlines()) == 5
+    # AUC, LogLoss, per scenario, cost, arms; no-conflict also in the paired table against pfmsmtrec
+    assert sum(line.startswith("| pfmsmtrec |") for line in md.splitlines()) == 5
+    assert sum(line.startswith("| no-conflict |") for line in md.splitlines()) == 6
+    per_scenario = _csv(out / "per_scenario.csv")
+    assert list(per_scenario[0]) == cr.PER_SCENARIO_FIELDS
+    assert len(per_scenario) == 2 * 4 * 3  # arms x scenarios x (2 tasks + their mean)
+    by_cell = {(r["arm"], r["scenario"], r["task"]): r for r in per_scenario}
+    for r in rows[:-1]:  # results.csv's cells agree with per_scenario.csv's
+        if r["arm"] == "pfmsmtrec" and r["scenario"] != "mean":
+            assert float(by_cell[(r["arm"], r["scenario"], r["task"])]["auc_mean"]) == pytest.approx(
+                float(r["auc_mean"]))
     paired = {p["arm"]: p for p in _csv(out / "paired.csv")}
     assert list(next(iter(paired.values()))) == cr.PAIRED_FIELDS
     seed_auc = {(a, s): json.loads((out / "runs" / f"{a}-seed{s}" / "summary.json").read_text())["test_mean_auc"]
@@ -362,3 +370,74 @@ def test_a_centralized_arm_on_bad_data_fails_with_the_same_line(tmp_path, capsys
     assert "[1/1] central seed=1 ... FAILED in" in capsys.readouterr().out
     assert not (tmp_path / "cmp" / "auc_by_round.png").exists()  # nothing to plot
     assert "| central | FAILED |" in (tmp_path / "cmp" / "results.md").read_text()
+
+
+# --- per scenario: from run folders written by hand -------------------------------------------
+def _fake_run(out, arm, seed, aucs, last_round=2):
+    """A finished run folder: metrics.csv with test AUCs ``aucs[(scenario, task)]`` at ``last_round``
+    (and 0.5 everywhere at round 1, which the table must ignore), summary.json, compare.json."""
+    from omegaconf import OmegaConf
+
+    from pfms_server import report
+    from pfms_server.experiments.compare import Run
+
+    run_dir = out / "runs" / f"{arm}-seed{seed}"
+    run_dir.mkdir(parents=True)
+    rows = [{"round": k, "scenario": s, "task": t, "split": split, "auc": auc if k == last_round else 0.5,
+             "logloss": 0.1, "n": 100}
+            for k in (1, last_round) for (s, t), auc in aucs.items() for split in ("val", "test")]
+    report.write_csv(run_dir / "metrics.csv", rows)
+    (run_dir / "summary.json").write_text(json.dumps({"status": "completed"}))
+    (run_dir / "compare.json").write_text(json.dumps({"wall_seconds": 1.0}))
+    cfg = OmegaConf.create({"dataset": {"scenarios": list(SCENARIOS),
+                                        "schema": {"tasks": [{"name": t} for t in TASKS]}}})
+    return Run(arm, seed, [], run_dir, cfg)
+
+
+def test_per_scenario_table_from_run_folders(tmp_path):
+    from pfms_server.experiments.compare import write_report
+
+    #            NL/ctr NL/ctcvr ES/ctr ES/ctcvr
+    table = {("ref", 1): (0.70, 0.80, 0.60, 0.90),
+             ("ref", 2): (0.72, 0.82, 0.62, 0.86),
+             ("loc", 1): (0.71, 0.78, 0.50, 0.92),
+             ("loc", 2): (0.74, 0.80, 0.54, 0.90)}
+    cells = [(s, t) for s in SCENARIOS for t in TASKS]
+    runs = [_fake_run(tmp_path, arm, seed, dict(zip(cells, aucs))) for (arm, seed), aucs in table.items()]
+    write_report(tmp_path, runs, {"ref": [], "loc": ["strategy=local"]}, [1, 2], [])
+    rows = _csv(tmp_path / "per_scenario.csv")
+    by = {(r["arm"], r["scenario"], r["task"]): r for r in rows}
+    assert [(r["arm"], r["scenario"], r["task"]) for r in rows] == [
+        (a, s, t) for a in ("ref", "loc") for s in SCENARIOS for t in (*TASKS, "mean")]
+    # loc ES/ctr: AUCs 0.50, 0.54 (mean 0.52); minus ref's 0.60, 0.62: -0.10, -0.08.
+    es = by[("loc", "ES", "ctr")]
+    assert float(es["auc_mean"]) == pytest.approx(0.52)
+    assert float(es["auc_std"]) == pytest.approx(np.std([0.50, 0.54], ddof=1))
+    assert float(es["auc_diff_mean"]) == pytest.approx(-0.09)
+    assert float(es["auc_diff_std"]) == pytest.approx(np.std([-0.10, -0.08], ddof=1))
+    assert (es["n_seeds"], es["n_paired"], es["wins"], es["reference"]) == ("2", "2", "0", "ref")
+    # loc NL (mean of its two tasks): seed 1 (0.71 + 0.78) / 2 - (0.70 + 0.80) / 2 = -0.005; seed 2 +0.0.
+    nl = by[("loc", "NL", "mean")]
+    assert float(nl["auc_mean"]) == pytest.approx(np.mean([0.745, 0.77]))
+    assert float(nl["auc_diff_mean"]) == pytest.approx(-0.0025) and nl["wins"] == "0"
+    assert float(by[("loc", "ES", "ctcvr")]["auc_diff_mean"]) == pytest.approx(0.03)
+    assert by[("loc", "ES", "ctcvr")]["wins"] == "2"
+    ref = by[("ref", "NL", "ctr")]
+    assert float(ref["auc_mean"]) == pytest.approx(0.71) and float(ref["auc_diff_mean"]) == 0.0
+    md = (tmp_path / "results.md").read_text()
+    assert "## Test AUC per scenario: difference from ref's, paired by seed" in md
+    section = md.split("## Test AUC per scenario")[1].split("\n## ")[0].splitlines()
+    assert "| arm | NL/ctr | NL/ctcvr | NL (mean) | ES/ctr | ES/ctcvr | ES (mean) |" in section
+    loc_line = next(line for line in section if line.startswith("| loc | "))
+    assert "-0.0900 ± 0.0141 (0/2)" in loc_line and "+0.0300 ± 0.0141 (2/2)" in loc_line
+    assert next(line for line in section if line.startswith("| ref | ")).startswith("| ref | 0.7100 ± 0.0141")
+
+
+def test_per_scenario_pairs_only_the_seeds_both_arms_have():
+    rows = [*_rows("ref", 1, 0.70), *_rows("ref", 2, 0.72), *_rows("b", 2, 0.60), *_rows("b", 3, 0.66)]
+    rows = [r for r in rows if not (r["arm"] == "b" and r["scenario"] == "ES" and r["seed"] == 3)]
+    by = {(r["arm"], r["scenario"], r["task"]): r for r in cr.per_scenario(cr.final_rows(rows), "ref")}
+    nl, es = by[("b", "NL", "ctr")], by[("b", "ES", "ctr")]
+    assert (nl["n_seeds"], nl["n_paired"]) == (2, 1)  # seed 3 has no reference
+    assert nl["auc_diff_mean"] == pytest.approx(0.60 - 0.72) and math.isnan(nl["auc_diff_std"])
+    assert (es["n_seeds"], es["n_paired"]) == (1, 1)
