@@ -31,7 +31,8 @@ from .config import load_config  # noqa: E402
 from .data import ScenarioData, open_scenario  # noqa: E402
 from .mmoe import MMoE, build_model  # noqa: E402
 from .state import LocalState, atomic_torch_save  # noqa: E402
-from .template import shared_parts, uploaded_names  # noqa: E402
+from .shared_embedding import SharedEmbeddings, touched_upload  # noqa: E402
+from .template import is_shared_table, shared_parts, uploaded_names  # noqa: E402
 from .threads import choose as choose_threads  # noqa: E402
 from .local_update import client_mode, ditto_personal_update, fedrep_update, train_config  # noqa: E402
 from .trainer import evaluate, train_local  # noqa: E402
@@ -142,10 +143,20 @@ class Session:
         self.local = LocalState(context.state, self.scenario, state_dir)
         self._store, self._state_dir = context.state, state_dir
 
+    def shared_fields(self) -> tuple[str, ...]:
+        """dataset.schema.shared_fields, as names (the YAML may give a {prefix, start, count} range)."""
+        from .data.schema import DatasetSchema
+
+        return DatasetSchema.from_config(self.cfg.dataset).shared_fields
+
     def new_model(self) -> MMoE:
+        shared = SharedEmbeddings.from_strategy(self.cfg.strategy)
+        maps = shared.bucket_maps(self.data.categorical_names, self.shared_fields(), self.data.vocabularies)
+        extra = {"shared_buckets": maps, "shared_rows": shared.rows,
+                 "field_names": self.data.categorical_names} if maps else {}
         return build_model(
             self.cfg.model, self.data.field_dims, self.data.num_numerical, len(self.data.task_names), self.cfg.seed,
-            positive_rates=self.data.positive_rates,
+            positive_rates=self.data.positive_rates, **extra,
         )
 
     def personal(self) -> LocalState:
@@ -161,6 +172,16 @@ class Session:
     def uploadable(self) -> dict[str, torch.Tensor]:
         sd = self.model.state_dict()
         return {n: sd[n] for n in self.upload}
+
+    def trained_upload(self) -> dict[str, Any]:
+        """What a train reply carries: the uploadable tensors, each shared table replaced by
+        the rows this round's trained batches looked up (with their counts)."""
+        own = self.uploadable()
+        tables = {n: t for n, t in own.items() if is_shared_table(n)}
+        if not tables:
+            return own
+        counts = self.model.touched_counts()
+        return {**{n: t for n, t in own.items() if n not in tables}, **touched_upload(tables, counts)}
 
     def load_received(self, record: ArrayRecord) -> dict[str, torch.Tensor]:
         """Copy the server's tensors into the uploadable groups, after checking them."""
@@ -190,8 +211,10 @@ class Session:
         return (int(self.cfg.seed) * 1_000_003 + server_round * 7919 + zlib.crc32(self.scenario.encode())) % 2**31
 
 
-def to_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.require(v.detach().cpu().numpy(), requirements="C")) for k, v in tensors.items()})
+def to_record(tensors: dict[str, Any]) -> ArrayRecord:
+    """Tensors (or numpy arrays: a shared table's touched rows) as a Flower ArrayRecord."""
+    return ArrayRecord({k: Array(np.require(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v,
+                                            requirements="C")) for k, v in tensors.items()})
 
 
 def meta(session: Session) -> ConfigRecord:
@@ -276,7 +299,7 @@ def train(msg: Message, context: Context) -> Message:
     if session.threads is not None:
         metrics["threads"] = session.threads
     content = RecordDict(
-        {"arrays": to_record(session.uploadable()), "metrics": MetricRecord(metrics), "meta": meta(session)}
+        {"arrays": to_record(session.trained_upload()), "metrics": MetricRecord(metrics), "meta": meta(session)}
     )
     return Message(content, reply_to=msg)
 

@@ -268,6 +268,9 @@ CLIENT_RULES: dict[str, Rule] = {
     "strategy.client.mode": one_of(CLIENT_MODES),
     "strategy.client.head_epochs": integer(1).optional(),  # fedrep
     "strategy.client.lam": number(0).optional(),  # ditto
+    "strategy.shared_embeddings.enabled": boolean(),
+    "strategy.shared_embeddings.buckets": integer(1),
+    "strategy.shared_embeddings.hash_seed": integer(0),
 }
 
 
@@ -287,6 +290,14 @@ def _client_mode_has_its_knob(cfg: Mapping[str, Any]) -> str | None:
     if knob is not None and not has(cfg, f"strategy.client.{knob}"):
         return (f"strategy.client.mode={mode!r} needs strategy.client.{knob} (missing): use strategy={mode} "
                 f"or add +strategy.client.{knob}=<value>")
+    return None
+
+
+def _shared_embeddings_have_fields(cfg: Mapping[str, Any]) -> str | None:
+    if get(cfg, "strategy.shared_embeddings.enabled", False) is True and not get(
+            cfg, "dataset.schema.shared_fields", None):
+        return (f"strategy.shared_embeddings.enabled=true: dataset {get(cfg, 'dataset.name', '?')!r} declares no "
+                "schema.shared_fields (categorical fields whose ids mean the same in every scenario)")
     return None
 
 
@@ -328,7 +339,8 @@ def _dataset(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
-CLIENT_CHECKS: tuple[CrossCheck, ...] = (_template_has_an_expert, _client_mode_has_its_knob, _dataset)
+CLIENT_CHECKS: tuple[CrossCheck, ...] = (_template_has_an_expert, _client_mode_has_its_knob, _dataset,
+                                         _shared_embeddings_have_fields)
 
 
 def check_client_config(cfg: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .template import ExpertTemplate
+from .template import ExpertTemplate, shared_table_name
 
 
 class Block(nn.Module):
@@ -66,6 +66,9 @@ class MMoE(nn.Module):
         tower_hidden: Sequence[int],
         dropout: float,
         bn_momentum: float,
+        shared_buckets: Mapping[str, Any] | None = None,
+        shared_rows: int = 0,
+        field_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if not expert_hidden:
@@ -98,15 +101,63 @@ class MMoE(nn.Module):
         self.gates = nn.ModuleList(
             nn.Linear(d_in, template.gate_width) for _ in range(template.num_tasks)
         )
-        self.embedding = nn.Embedding(max(1, sum(field_dims)), embed_dim)
-        offsets = torch.tensor([0, *list(field_dims)[:-1]], dtype=torch.long).cumsum(0)
-        self.register_buffer("offsets", offsets[: len(field_dims)], persistent=False)
+        shared_buckets = dict(shared_buckets or {})
+        names = list(field_names) if field_names is not None else [str(i) for i in range(len(field_dims))]
+        self.local_cols = [i for i, f in enumerate(names) if f not in shared_buckets]
+        local_dims = [int(field_dims[i]) for i in self.local_cols]
+        self.embedding = nn.Embedding(max(1, sum(local_dims)), embed_dim)
+        offsets = torch.tensor([0, *local_dims[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("offsets", offsets[: len(local_dims)], persistent=False)
         self.numeric = nn.Linear(num_numerical, embed_dim) if num_numerical > 0 else None
         self.has_cat = len(field_dims) > 0
+        # Shared-id fields (off unless shared_buckets is given): built last, so that with the
+        # switch off nothing above changes, names, order and initial values alike.
+        self.shared_fields = [f for f in names if f in shared_buckets]
+        self.shared_cols = [names.index(f) for f in self.shared_fields]
+        if self.shared_fields:
+            self.shared_embedding = nn.ModuleDict({f: nn.Embedding(shared_rows, embed_dim) for f in self.shared_fields})
+            for j, f in enumerate(self.shared_fields):
+                table = torch.as_tensor(shared_buckets[f], dtype=torch.long)
+                if len(table) != int(field_dims[self.shared_cols[j]]):
+                    raise ValueError(f"shared field {f}: bucket map of {len(table)} indices, "
+                                     f"field has {field_dims[self.shared_cols[j]]}")
+                if len(table) and (int(table.min()) < 0 or int(table.max()) >= shared_rows):
+                    raise ValueError(f"shared field {f}: bucket map outside [0, {shared_rows})")
+                self.register_buffer(f"bucket_map_{j}", table, persistent=False)
+                # Rows this model's trained batches looked up since it was built (touched_counts).
+                self.register_buffer(f"touch_count_{j}", torch.zeros(shared_rows, dtype=torch.long),
+                                     persistent=False)
+            # where each field's embedding sits in [local fields..., shared fields...]
+            order = self.local_cols + self.shared_cols
+            self.register_buffer("field_order", torch.tensor([order.index(i) for i in range(len(names))]),
+                                 persistent=False)
+
+    def touched_counts(self) -> dict[str, torch.Tensor]:
+        """Shared table name -> how many trained rows looked up each of its rows (int64 [R]):
+        counted in training mode while the table takes gradients, so a frozen phase
+        (FedRep's head epochs) and evaluation count nothing."""
+        return {shared_table_name(f): getattr(self, f"touch_count_{j}")
+                for j, f in enumerate(self.shared_fields)}
+
+    def _embed_fields(self, x_cat: torch.Tensor) -> torch.Tensor:
+        """[N, F, d] with shared fields read from their hashed tables, in field order."""
+        parts = []
+        if self.local_cols:
+            parts.append(self.embedding(x_cat[:, self.local_cols] + self.offsets))
+        for j, f in enumerate(self.shared_fields):
+            table = self.shared_embedding[f]
+            rows = getattr(self, f"bucket_map_{j}")[x_cat[:, self.shared_cols[j]]]
+            if self.training and table.weight.requires_grad:
+                counts = getattr(self, f"touch_count_{j}")
+                counts += torch.bincount(rows, minlength=counts.numel())
+            parts.append(table(rows).unsqueeze(1))
+        return torch.cat(parts, dim=1).index_select(1, self.field_order)
 
     def embed(self, x_cat: torch.Tensor, x_num: torch.Tensor) -> torch.Tensor:
         parts = []
-        if self.has_cat:
+        if self.has_cat and self.shared_fields:
+            parts.append(self._embed_fields(x_cat).flatten(1))
+        elif self.has_cat:
             parts.append(self.embedding(x_cat + self.offsets).flatten(1))
         if self.numeric is not None:
             parts.append(self.numeric(x_num))
@@ -130,12 +181,19 @@ def build_model(
     num_tasks: int,
     seed: int,
     positive_rates: Sequence[float] | None = None,
+    shared_buckets: Mapping[str, Any] | None = None,
+    shared_rows: int = 0,
+    field_names: Sequence[str] | None = None,
 ) -> MMoE:
     """Build the MMoE from ``conf/model``; the seed fixes the common initialisation.
 
     With ``model.output_bias: prior`` each tower's output bias starts at
     logit(positive rate): rare labels (CTCVR well under 1%) otherwise cost the
     first rounds just to move the bias from logit(0.5).
+
+    ``shared_buckets`` (field name -> bucket map, pfms_client.shared_embedding) with
+    ``shared_rows`` and ``field_names``: those fields read one hashed table each
+    (``shared_embedding.<field>.weight``), created after every other tensor; None = today's model.
     """
     known = {"embed_dim", "template", "expert_hidden", "tower_hidden", "dropout", "bn_momentum", "output_bias"}
     unknown = set(model_cfg) - known
@@ -154,6 +212,9 @@ def build_model(
         tower_hidden=list(model_cfg["tower_hidden"]),
         dropout=float(model_cfg["dropout"]),
         bn_momentum=float(model_cfg["bn_momentum"]),
+        shared_buckets=shared_buckets,
+        shared_rows=shared_rows,
+        field_names=field_names,
     )
     if mode == "prior" and positive_rates:
         with torch.no_grad():

@@ -10,10 +10,17 @@ Names (``t`` = task index, ``i`` = expert index):
     experts.task.<t>.<i>.*    T_t: task-t experts (never uploaded)
     towers.<t>.*              task-t tower (uploaded unless towers are local)
     gates.<t>.*, embedding.*, numeric.*   local under PF-MSMTrec
+    shared_embedding.<field>.weight       the hashed table of a field whose ids mean the same in
+                                          every scenario (strategy.shared_embeddings: off by default)
 Any name with a ``bn`` component is a BatchNorm tensor (kept local under FedBN).
 What a strategy uploads is ``strategy.share`` (PF-MSMTrec: G, S and towers; the
 FedAvg-family baselines also share task experts, gates and the numeric layer).
-Embeddings stay local everywhere: each scenario indexes its own ids.
+Embeddings stay local everywhere (each scenario indexes its own ids) unless
+``strategy.shared_embeddings.enabled``: then the fields a dataset declares in
+``schema.shared_fields`` are hashed into one common table per field, which a node
+receives whole and answers with the rows it touched only
+(``shared_embedding.<field>.rows`` / ``.counts`` / ``.values``, see
+``pfms_client.shared_embedding``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ class Group(str, Enum):
     TASK = "task"
     TOWER = "tower"
     LOCAL = "local"
+    SHARED_EMBEDDING = "shared_embedding"  # hashed tables of shared-id fields (touched rows only)
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,26 @@ class TensorRole:
     task: int | None  # task index for task experts and towers
     is_bn: bool
     layer: str  # the module the tensor belongs to (name without its last part)
+
+
+SHARED_EMBEDDING_PREFIX = "shared_embedding"
+# What a node answers for one shared table: the touched row numbers (int64), how many
+# trained rows used each (int64, >= 1) and those rows' values (the table's dtype).
+TOUCHED_PARTS = ("rows", "counts", "values")
+
+
+def shared_table_name(field: str) -> str:
+    return f"{SHARED_EMBEDDING_PREFIX}.{field}.weight"
+
+
+def touched_names(table: str) -> dict[str, str]:
+    """The names of a shared table's touched-row upload, by part (rows, counts, values)."""
+    unit = table.rpartition(".")[0]
+    return {part: f"{unit}.{part}" for part in TOUCHED_PARTS}
+
+
+def is_shared_table(name: str) -> bool:
+    return name.startswith(SHARED_EMBEDDING_PREFIX + ".") and name.endswith(".weight") and name.count(".") == 2
 
 
 def classify(name: str) -> TensorRole:
@@ -58,6 +86,9 @@ def classify(name: str) -> TensorRole:
             return TensorRole(Group.TASK, ".".join(parts[:4]), int(parts[2]), is_bn, layer)
     elif head == "towers" and len(parts) >= 2 and parts[1].isdigit():
         return TensorRole(Group.TOWER, ".".join(parts[:2]), int(parts[1]), is_bn, layer)
+    elif head == SHARED_EMBEDDING_PREFIX and len(parts) == 3 and parts[1]:
+        unit = ".".join(parts[:2])
+        return TensorRole(Group.SHARED_EMBEDDING, unit, None, False, unit)
     elif head in ("gates", "embedding", "numeric"):
         task = int(parts[1]) if head == "gates" and parts[1].isdigit() else None
         return TensorRole(Group.LOCAL, ".".join(parts[:2]), task, is_bn, layer)
@@ -83,7 +114,16 @@ def shared_parts(strategy: Mapping[str, Any]) -> frozenset[str]:
     towers = strategy.get("towers")
     if towers is not None and str(towers["mode"]) == "local":
         share = [s for s in share if s != "tower"]
+    if shares_embeddings(strategy):
+        share.append(SHARED_EMBEDDING_PREFIX)
     return frozenset(share)
+
+
+def shares_embeddings(strategy: Mapping[str, Any]) -> bool:
+    """Whether the shared-id tables travel: the switch is on and the rule aggregates something
+    (local training, ``algorithm: none``, keeps even a hashed table on the node)."""
+    switch = strategy.get("shared_embeddings")
+    return bool(switch is not None and switch["enabled"]) and str(strategy.get("algorithm", "none")) != "none"
 
 
 def is_uploaded(name: str, *, fedbn: bool, share: Iterable[str]) -> bool:

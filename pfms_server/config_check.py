@@ -109,6 +109,13 @@ def _flower_algorithm(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _centralized_has_no_shared_embeddings(cfg: Mapping[str, Any]) -> str | None:
+    if get(cfg, "strategy.algorithm") == CENTRALIZED and get(cfg, "strategy.shared_embeddings.enabled", False) is True:
+        return ("strategy.shared_embeddings.enabled=true: the pooled-rows centralized reference federates "
+                "nothing, so it has no shared-id embeddings; set it false for this arm")
+    return None
+
+
 def _resume_has_a_checkpoint(cfg: Mapping[str, Any]) -> str | None:
     resume = get(cfg, "resume")
     if resume is not None and not (Path(str(resume)).expanduser() / CHECKPOINT).is_file():
@@ -124,7 +131,8 @@ def _no_resume(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
-SERVER_CHECKS: tuple[CrossCheck, ...] = (_algorithm_has_its_nodes, _participation_fits_the_scenarios)
+SERVER_CHECKS: tuple[CrossCheck, ...] = (_algorithm_has_its_nodes, _participation_fits_the_scenarios,
+                                         _centralized_has_no_shared_embeddings)
 FLOWER_CHECKS: tuple[CrossCheck, ...] = (_flower_algorithm, _resume_has_a_checkpoint)  # pfms-run, the ServerApp
 COMPARE_CHECKS: tuple[CrossCheck, ...] = (_no_resume,)  # pfms-compare
 

@@ -21,6 +21,7 @@ _SCHEMA_KEYS = (
     "labels",
     "tasks",
     "constraints",
+    "shared_fields",
 )
 _REQUIRED_KEYS = ("categorical", "numerical", "labels", "tasks")
 _RANGE_KEYS = ("prefix", "start", "count")
@@ -57,6 +58,10 @@ class DatasetSchema:
     constraints: tuple[Constraint, ...] = ()
     id_columns: tuple[str, ...] = ()
     ignore_columns: tuple[str, ...] = ()
+    # Categorical fields whose raw ids mean the same thing in every scenario (one id space):
+    # what strategy.shared_embeddings may federate. Not part of the store's settings: it
+    # changes no encoded row.
+    shared_fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -80,6 +85,16 @@ class DatasetSchema:
                 raise ValueError(
                     f"schema.tasks: task '{task.name}' uses {unknown}, not in labels {list(self.labels)}"
                 )
+        for col in self.shared_fields:
+            if col not in self.categorical:
+                raise ValueError(
+                    f"schema.shared_fields: '{col}' is not a categorical column "
+                    f"(categorical: {list(self.categorical)})"
+                )
+            if "." in col:
+                raise ValueError(f"schema.shared_fields: '{col}' contains '.', which tensor names cannot hold")
+        if len(set(self.shared_fields)) != len(self.shared_fields):
+            raise ValueError(f"schema.shared_fields: a field is listed twice in {list(self.shared_fields)}")
         for con in self.constraints:
             for col in (con.label, con.requires):
                 if col not in self.labels:
@@ -137,6 +152,7 @@ class DatasetSchema:
             constraints=tuple(
                 _constraint(c, i) for i, c in enumerate(node.get("constraints") or [])
             ),
+            shared_fields=_columns(node.get("shared_fields", []), "schema.shared_fields"),
         )
 
 

@@ -617,4 +617,5 @@ def open_store(folder: Path, settings: DatasetSettings, scenario: str) -> Any:
         task_names=schema.task_names,
         categorical_names=list(schema.categorical),
         numerical_names=list(schema.numerical),
+        vocabularies=tuple(read_vocab(folder, f) for f in schema.categorical),
     )

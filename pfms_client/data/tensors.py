@@ -7,7 +7,7 @@ val nor test statistics leak into the encoders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -69,6 +69,9 @@ class ScenarioData:
     task_names: list[str]
     categorical_names: list[str]
     numerical_names: list[str]
+    # Per categorical field, its kept raw ids, sorted (index i + 1 = ids[i], 0 = OOV): how a
+    # shared-id field maps its local indices to common hash buckets without sending ids.
+    vocabularies: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def num_tasks(self) -> int:
@@ -130,4 +133,5 @@ def build_scenario_data(
         task_names=schema.task_names,
         categorical_names=list(schema.categorical),
         numerical_names=num_cols,
+        vocabularies=tuple(v.ids for v in vocabs),
     )

@@ -3,6 +3,7 @@
 One module per rule or step: ``pfmsmtrec`` (one PF-MSMTrec round, in the spec's
 order), ``fedavg``, ``fedamp``, ``conflict`` (CAGrad / PCGrad on client updates),
 ``personalize`` (alpha by hypergradient), ``towers`` (beta-weighted task towers),
+``embeddings`` (shared-id tables: count-weighted mean of the touched rows),
 ``state`` (per-scenario state, checkpointed to disk), ``validate`` (what a reply
 must look like) and ``rules`` (``strategy.algorithm`` -> the rule).
 
@@ -37,6 +38,9 @@ _EXPORTS = {
     "HyperParam": "personalize",
     "personalized_next": "personalize",
     "tower_next": "towers",
+    "touched_row_mean": "embeddings",
+    "with_shared_embeddings": "embeddings",
+    "touched_problems": "validate",
     "count_problems": "validate",
     "upload_problems": "validate",
 }

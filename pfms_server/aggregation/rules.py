@@ -11,6 +11,9 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from pfms_client.template import shares_embeddings
+
+from .embeddings import with_shared_embeddings
 from .fedamp import FedAMPConfig, fedamp_round
 from .fedavg import fedavg_round
 from .pfmsmtrec import AggregationConfig, aggregate_round
@@ -36,7 +39,25 @@ def _none(state: ServerState, uploads: Mapping[str, Arrays], counts: Mapping[str
     return new
 
 
+# Rules that take strategy.shared_embeddings (the shared tables are aggregated beside them).
+SHARED_EMBEDDING_RULES = ("pfmsmtrec", "fedavg", "none")
+
+
 def make_rule(strategy: Mapping[str, Any], seed: int) -> Rule:
+    """The rule of ``strategy.algorithm``; with strategy.shared_embeddings on, the shared-id
+    tables are aggregated by the touched-row mean beside it (``embeddings``)."""
+    rule = _base_rule(strategy, seed)
+    switch = strategy.get("shared_embeddings")
+    if switch is not None and bool(switch["enabled"]) and rule.name not in SHARED_EMBEDDING_RULES:
+        raise ValueError(f"strategy.shared_embeddings.enabled=true: strategy.algorithm={rule.name!r} does not "
+                         f"take shared-id embeddings; use one of {list(SHARED_EMBEDDING_RULES)}")
+    if not shares_embeddings(strategy):
+        return rule
+    return Rule(rule.name, with_shared_embeddings(rule.aggregate),
+                f"{rule.description} | shared-id embeddings: {int(switch['buckets'])} buckets, touched-row mean")
+
+
+def _base_rule(strategy: Mapping[str, Any], seed: int) -> Rule:
     algorithm = str(strategy["algorithm"])
     if algorithm == "pfmsmtrec":
         agg = AggregationConfig.from_config(strategy, seed=seed)

@@ -21,6 +21,8 @@ from pfms_client.template import Group, classify
 from .personalize import HyperParam
 
 Arrays = dict[str, np.ndarray]
+# Groups the server keeps one copy of for every scenario: G, and the shared-id tables.
+ONE_COPY = (Group.GLOBAL, Group.SHARED_EMBEDDING)
 
 
 @dataclass
@@ -42,7 +44,7 @@ class ServerState:
 
     def set_init(self, arrays: Arrays) -> None:
         self.init = {k: np.array(v, copy=True) for k, v in arrays.items()}
-        self.global_arrays = {k: v.copy() for k, v in self.init.items() if classify(k).group is Group.GLOBAL}
+        self.global_arrays = {k: v.copy() for k, v in self.init.items() if classify(k).group in ONE_COPY}
 
     def own(self, name: str) -> "ScenarioState":
         """The scenario's entry with no personalized tensors yet (rules other than PF-MSMTrec)."""
@@ -53,7 +55,7 @@ class ServerState:
         if name not in self.scenarios:
             if self.init is None:
                 raise RuntimeError("server state has no initial tensors yet")
-            personal = {k: v.copy() for k, v in self.init.items() if classify(k).group is not Group.GLOBAL}
+            personal = {k: v.copy() for k, v in self.init.items() if classify(k).group not in ONE_COPY}
             layers = {classify(k).layer for k in personal if classify(k).group is Group.TOWER}
             self.scenarios[name] = ScenarioState(
                 arrays=personal,

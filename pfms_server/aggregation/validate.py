@@ -1,7 +1,9 @@
 """Checks on a client's reply before it may touch the server state.
 
 A reply with an unexpected tensor name, a wrong shape or dtype, or NaN/Inf is
-dropped for the round; the caller logs the node and the tensor named here.
+dropped for the round; the caller logs the node and the tensor named here. A
+shared-id table (``shared_embedding.<field>.weight``) is sent whole but answered
+with its touched rows (``.rows`` / ``.counts`` / ``.values``): ``touched_problems``.
 """
 
 from __future__ import annotations
@@ -10,9 +12,20 @@ from typing import Mapping
 
 import numpy as np
 
+from pfms_client.template import is_shared_table, touched_names
+
 
 def upload_problems(received: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]) -> list[str]:
     """Every way ``received`` differs from the tensors the node was sent."""
+    tables = [n for n in expected if is_shared_table(n)]
+    if tables:  # each shared table comes back as its touched rows
+        problems = []
+        for table in sorted(tables):
+            problems += touched_problems(table, received, expected[table])
+        parts = {p for t in tables for p in touched_names(t).values()}
+        received = {n: a for n, a in received.items() if n not in parts}
+        expected = {n: a for n, a in expected.items() if n not in tables}
+        return problems + upload_problems(received, expected)
     problems = [f"missing tensor {n}" for n in sorted(set(expected) - set(received))]
     problems += [f"unexpected tensor {n}" for n in sorted(set(received) - set(expected))]
     for name in sorted(set(received) & set(expected)):
@@ -24,6 +37,33 @@ def upload_problems(received: Mapping[str, np.ndarray], expected: Mapping[str, n
         elif got.dtype.kind == "f" and not np.isfinite(got).all():
             problems.append(f"tensor {name}: contains NaN or Inf")
     return problems
+
+
+def touched_problems(table: str, received: Mapping[str, np.ndarray], sent: np.ndarray) -> list[str]:
+    """The touched-row answer for the shared table ``table`` (``sent``: the table the node got):
+    rows int64 [r], distinct and inside the table; counts int64 [r], each >= 1; values [r, d] of
+    the table's dtype, finite. Empty (r = 0) when no trained row looked the table up."""
+    names = touched_names(table)
+    missing = [n for n in names.values() if n not in received]
+    if missing:
+        return [f"missing tensor {n}" for n in missing]
+    rows, counts, values = (received[names[p]] for p in ("rows", "counts", "values"))
+    size, dim = sent.shape
+    if rows.dtype != np.int64 or rows.ndim != 1:
+        return [f"tensor {names['rows']}: expected int64 [r], got {rows.dtype} {rows.shape}"]
+    if counts.dtype != np.int64 or counts.shape != rows.shape:
+        return [f"tensor {names['counts']}: expected int64 {rows.shape}, got {counts.dtype} {counts.shape}"]
+    if values.dtype != sent.dtype or values.shape != (len(rows), dim):
+        return [f"tensor {names['values']}: expected {sent.dtype} {(len(rows), dim)}, got {values.dtype} {values.shape}"]
+    if len(rows) and (rows.min() < 0 or rows.max() >= size):
+        return [f"tensor {names['rows']}: rows outside [0, {size})"]
+    if len(np.unique(rows)) != len(rows):
+        return [f"tensor {names['rows']}: a row is listed twice"]
+    if len(counts) and counts.min() < 1:
+        return [f"tensor {names['counts']}: counts must be >= 1 (a touched row), got {int(counts.min())}"]
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        return [f"tensor {names['values']}: contains NaN or Inf"]
+    return []
 
 
 def count_problems(value: object) -> str | None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pfms_client.mmoe import build_model
-from pfms_client.template import ExpertTemplate, Group, classify, shared_parts, uploaded_names
+from pfms_client.template import ExpertTemplate, Group, classify, is_uploaded, shared_parts, uploaded_names
 
 PF = ("global", "scenario", "tower")
 
@@ -28,7 +28,7 @@ def test_every_name_is_classified_and_groups_are_complete():
     groups = {}
     for name in model.state_dict():
         groups.setdefault(classify(name).group, []).append(name)
-    assert set(groups) == set(Group)
+    assert set(groups) == set(Group) - {Group.SHARED_EMBEDDING}  # only with strategy.shared_embeddings on
     assert {classify(n).unit for n in groups[Group.GLOBAL]} == {"experts.global.0", "experts.global.1"}
     assert {classify(n).unit for n in groups[Group.TASK]} == {f"experts.task.{t}.{i}" for t in (0, 1) for i in (0, 1)}
     assert any(classify(n).is_bn for n in groups[Group.SCENARIO])
@@ -104,3 +104,21 @@ def test_fedavg_family_share_everything_but_embeddings_and_unknown_parts_are_ref
     assert uploaded_names(names, fedbn=True, share=()) == []
     with pytest.raises(ValueError, match="unknown part"):
         shared_parts({"share": ["global", "heads"]})
+
+
+def test_shared_embedding_names_and_when_they_travel():
+    from pfms_client.template import is_shared_table, shares_embeddings, touched_names
+
+    role = classify("shared_embedding.item_id.weight")
+    assert role.group is Group.SHARED_EMBEDDING and role.unit == "shared_embedding.item_id" and not role.is_bn
+    assert is_shared_table("shared_embedding.item_id.weight") and not is_shared_table("shared_embedding.item_id.rows")
+    assert touched_names("shared_embedding.item_id.weight") == {
+        p: f"shared_embedding.item_id.{p}" for p in ("rows", "counts", "values")}
+    switch = {"enabled": True, "buckets": 8, "hash_seed": 0}
+    pf = {"share": list(PF), "algorithm": "pfmsmtrec", "shared_embeddings": switch}
+    assert shares_embeddings(pf) and "shared_embedding" in shared_parts(pf)
+    assert is_uploaded("shared_embedding.item_id.weight", fedbn=True, share=shared_parts(pf))
+    local = {"share": [], "algorithm": "none", "shared_embeddings": switch}
+    assert not shares_embeddings(local) and shared_parts(local) == frozenset()
+    off = {**pf, "shared_embeddings": {**switch, "enabled": False}}
+    assert shared_parts(off) == frozenset(PF)

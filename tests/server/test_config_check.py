@@ -347,3 +347,16 @@ def test_pfms_server_checks_its_own_options(argv, message, no_processes, capsys)
     assert server_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"pfms-server: {message}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dataset=aliexpress", "strategy.shared_embeddings.enabled=true"], "declares no schema.shared_fields"),
+    (["strategy=fedamp", "strategy.shared_embeddings.enabled=true"], "strategy.algorithm='fedamp' does not take"),
+    (["strategy.shared_embeddings.buckets=0"], "strategy.shared_embeddings.buckets=0: expected an integer >= 1"),
+    (["dataset=movielens", "dataset.schema.shared_fields=[nope]"], "schema.shared_fields: 'nope' is not a categorical"),
+])
+def test_shared_embeddings_config_is_checked(overrides, message):
+    from pfms_server.config_check import load_run_config
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_run_config(overrides)

@@ -210,7 +210,7 @@ def test_dry_run_composes_and_runs_nothing(tmp_path, capsys):
     out = tmp_path / "plan"
     assert main(["--arms", "default", "--seeds", "7", "--dry-run", "--out", str(out), f"paths.home={tmp_path}"]) == 0
     printed = capsys.readouterr().out
-    assert "8 arms x 1 seeds = 8 runs" in printed and "[8/8] no-template seed=7" in printed
+    assert "9 arms x 1 seeds = 9 runs" in printed and "[9/9] no-template seed=7" in printed
     assert not out.exists()
 
 

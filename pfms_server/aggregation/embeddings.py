@@ -1,0 +1,100 @@
+"""Shared-id embedding tables: the count-weighted mean of the rows clients touched.
+
+With ``strategy.shared_embeddings.enabled`` a field whose ids mean the same in
+every scenario has one hashed table (``shared_embedding.<field>.weight``, see
+``pfms_client.shared_embedding``) that every node receives whole. A node answers
+with the rows its trained batches looked up only, with how many trained rows used
+each; a row nobody touched carries no information this round, so it keeps its value,
+and a touched row becomes the mean of the clients' values weighted by their counts
+(a client that looked a row up 1000 times knows more about it than one that saw it once).
+
+Pure numpy; ``with_shared_embeddings`` lets any rule (PF-MSMTrec, FedAvg family)
+aggregate everything else exactly as without the switch.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from pfms_client.template import Group, classify, is_shared_table, touched_names
+
+from .state import Arrays, ServerState
+
+# One client's answer for one table: (rows int64 [r], counts int64 [r], values [r, d]).
+Touched = tuple[np.ndarray, np.ndarray, np.ndarray]
+Aggregate = Callable[[ServerState, Mapping[str, Arrays], Mapping[str, int]], ServerState]
+
+
+def touched_row_mean(table: np.ndarray, uploads: Sequence[Touched]) -> np.ndarray:
+    """``table`` with each row some upload touched replaced by the count-weighted mean of the
+    uploads' values for it; untouched rows are returned as they were.
+
+    Every upload's rows are distinct and inside the table, counts >= 1 and values finite
+    (``validate.touched_problems`` says so before a reply gets here)."""
+    table = np.asarray(table)
+    out = table.copy()
+    if table.ndim != 2:
+        raise ValueError(f"a shared table is [rows, dim], got shape {table.shape}")
+    sums = np.zeros(table.shape, dtype=np.float64)
+    weights = np.zeros(table.shape[0], dtype=np.float64)
+    for rows, counts, values in uploads:
+        rows = np.asarray(rows, dtype=np.int64)
+        w = np.asarray(counts, dtype=np.float64)
+        if len(np.unique(rows)) != len(rows):
+            raise ValueError("an upload lists a row twice")
+        sums[rows] += w[:, None] * np.asarray(values, dtype=np.float64)
+        weights[rows] += w
+    touched = weights > 0
+    out[touched] = (sums[touched] / weights[touched, None]).astype(table.dtype)
+    return out
+
+
+def split_touched(upload: Arrays) -> tuple[Arrays, dict[str, Touched]]:
+    """(every other tensor, shared table name -> its touched rows) of one client's upload."""
+    rest = {n: a for n, a in upload.items() if classify(n).group is not Group.SHARED_EMBEDDING}
+    tables: dict[str, Touched] = {}
+    for name in upload:
+        role = classify(name)
+        if role.group is Group.SHARED_EMBEDDING:
+            table = f"{role.unit}.weight"
+            if table not in tables:
+                parts = touched_names(table)
+                tables[table] = (upload[parts["rows"]], upload[parts["counts"]], upload[parts["values"]])
+    return rest, tables
+
+
+def with_shared_embeddings(aggregate: Aggregate) -> Aggregate:
+    """``aggregate`` on everything but the shared tables, then each shared table by
+    ``touched_row_mean`` over the clients' touched rows; one copy for everybody (kept
+    with the global tensors, which every scenario receives)."""
+
+    def run(state: ServerState, uploads: Mapping[str, Arrays], num_examples: Mapping[str, int]) -> ServerState:
+        rest: dict[str, Arrays] = {}
+        touched: dict[str, list[Touched]] = {}
+        for scenario in sorted(uploads):
+            rest[scenario], tables = split_touched(uploads[scenario])
+            for table, answer in tables.items():
+                touched.setdefault(table, []).append(answer)
+        new = aggregate(state, rest, num_examples)
+        if touched:
+            new = new if new is not state else copy.deepcopy(state)
+        for table, answers in sorted(touched.items()):
+            current = state.global_arrays.get(table)
+            if current is None:
+                current = (state.init or {}).get(table)
+            if current is None:
+                raise ValueError(f"{table}: no such shared table in the server state")
+            new.global_arrays[table] = touched_row_mean(current, answers)
+        return new
+
+    return run
+
+
+def shared_tables(arrays: Arrays) -> list[str]:
+    return sorted(n for n in arrays if is_shared_table(n))
+
+
+__all__ = ["Touched", "shared_tables", "split_touched", "touched_row_mean", "with_shared_embeddings"]

@@ -1,0 +1,168 @@
+"""Shared-id embeddings on the client: bucket maps, touched-row counts, touched-row uploads."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import CONF_DATASET as CONF, FIXTURES
+from pfms_client.data import open_scenario
+from pfms_client.data.batches import batch_indices
+from pfms_client.data.readers import read_scenario
+from pfms_client.data.settings import DatasetSettings
+from pfms_client.data.tensors import TensorSplit, build_scenario_data
+from pfms_client.mmoe import build_model
+from pfms_client.shared_embedding import (
+    OOV_ROW,
+    SharedEmbeddings,
+    bucket_map,
+    bucket_of,
+    expected_collision_rate,
+    measured_collision_rate,
+    touched_upload,
+)
+from pfms_client.trainer import TrainConfig, train_local
+
+MODEL = OmegaConf.create({"embed_dim": 4, "template": {"global": 1, "scenario": 1, "task": 1},
+                          "expert_hidden": [8], "tower_hidden": [4], "dropout": 0.0, "bn_momentum": 0.1,
+                          "output_bias": "zero"})
+FIELDS = ["site", "item", "year"]
+
+
+def test_same_raw_id_same_bucket_in_two_scenarios_and_oov_row_zero():
+    a_vocab = np.array([3, 10, 42, 1000, 2**40], dtype=np.int64)  # scenario A's kept raw ids (sorted)
+    b_vocab = np.array([-7, 10, 11, 42, 2**40], dtype=np.int64)  # B's: overlaps in 10, 42, 2**40
+    a, b = bucket_map("item_id", a_vocab, 64, seed=0), bucket_map("item_id", b_vocab, 64, seed=0)
+    assert a[0] == b[0] == OOV_ROW == 0  # local index 0 = out of vocabulary, on every node
+    assert a.min(initial=1) >= 0 and a[1:].min() >= 1 and a.max() <= 64 and b[1:].min() >= 1 and b.max() <= 64
+    for raw in (10, 42, 2**40):  # same raw id -> same row, whatever its local index
+        assert a[1 + int(np.searchsorted(a_vocab, raw))] == b[1 + int(np.searchsorted(b_vocab, raw))]
+    # deterministic across calls; another field name or seed spreads the ids differently
+    np.testing.assert_array_equal(a, bucket_map("item_id", a_vocab, 64, seed=0))
+    ids = np.arange(5000)
+    assert (bucket_of("item_id", ids, 1 << 20, 0) != bucket_of("release_year", ids, 1 << 20, 0)).mean() > 0.99
+    assert (bucket_of("item_id", ids, 1 << 20, 0) != bucket_of("item_id", ids, 1 << 20, 1)).mean() > 0.99
+
+
+def test_collision_rate_formula_matches_hashing():
+    ids = np.arange(20_000)
+    rows = bucket_of("categorical_5", ids[:1682], 16384, 0)
+    assert expected_collision_rate(1682, 16384) == pytest.approx(1 - (1 - 1 / 16384) ** 1681)
+    assert measured_collision_rate(rows) == pytest.approx(expected_collision_rate(1682, 16384), abs=0.03)
+    assert measured_collision_rate(np.array([1, 2, 2, 3])) == 0.5 and expected_collision_rate(1, 8) == 0.0
+
+
+def _tenrec_cfg(store):
+    node = OmegaConf.create({"seed": 0, "paths": {"data": "/unused"}})
+    node.dataset = OmegaConf.load(CONF / "tenrec.yaml")
+    cfg = OmegaConf.to_container(node, resolve=True)["dataset"]
+    cfg.update(root=str(FIXTURES / "tenrec"), scenarios=["QK-video", "QB-video"], store_dir=str(store))
+    cfg["schema"]["shared_fields"] = ["item_id", "video_category"]
+    return cfg
+
+
+def test_store_and_in_memory_paths_give_the_same_vocabularies_and_buckets(tmp_path):
+    cfg = _tenrec_cfg(tmp_path)
+    settings = DatasetSettings.from_config(cfg)
+    shared = SharedEmbeddings(True, 256, 0)
+    maps = {}
+    for scenario in ("QK-video", "QB-video"):
+        mapped = open_scenario(cfg, scenario)  # the prepared store (read_vocab)
+        frames = build_scenario_data(scenario, *read_scenario(settings, scenario), settings)  # in memory
+        assert len(mapped.vocabularies) == len(frames.vocabularies) == len(settings.schema.categorical)
+        for v_store, v_mem, dim in zip(mapped.vocabularies, frames.vocabularies, mapped.field_dims):
+            np.testing.assert_array_equal(v_store, v_mem)
+            assert v_store.dtype == np.int64 and len(v_store) + 1 == dim
+        assert mapped.in_memory().vocabularies is mapped.vocabularies
+        maps[scenario] = (mapped, shared.bucket_maps(mapped.categorical_names, settings.schema.shared_fields,
+                                                     mapped.vocabularies))
+    (qk, qk_maps), (qb, qb_maps) = maps["QK-video"], maps["QB-video"]
+    col = qk.categorical_names.index("video_category")  # the fixture's two apps share categories, not items
+    common = np.intersect1d(qk.vocabularies[col], qb.vocabularies[col])
+    assert len(common) >= 2
+    rows_qk = qk_maps["video_category"][1 + np.searchsorted(qk.vocabularies[col], common)]
+    rows_qb = qb_maps["video_category"][1 + np.searchsorted(qb.vocabularies[col], common)]
+    np.testing.assert_array_equal(rows_qk, rows_qb)
+    assert not np.array_equal(qk.vocabularies[col], qb.vocabularies[col]) or len(common) == len(qk.vocabularies[col])
+
+
+def _toy(seed=0, n=200):
+    g = torch.Generator().manual_seed(seed)
+    x_cat = torch.stack([torch.zeros(n, dtype=torch.long), torch.randint(0, 30, (n,), generator=g),
+                         torch.randint(0, 6, (n,), generator=g)], dim=1)
+    y = (torch.rand(n, 2, generator=g) < 0.3).float()
+    y[:, 1] *= y[:, 0]
+    return TensorSplit(x_cat, torch.rand(n, 3, generator=g), y)
+
+
+def _maps():
+    return {"item": bucket_map("item", np.arange(100, 129), 50, 0),  # 30 indices, 29 raw ids
+            "year": bucket_map("year", np.arange(1990, 1995), 50, 0)}
+
+
+def _model(maps=None):
+    extra = {"shared_buckets": maps, "shared_rows": 51, "field_names": FIELDS} if maps else {}
+    return build_model(MODEL, [1, 30, 6], 3, 2, seed=7, **extra)
+
+
+def test_switch_off_builds_todays_model_and_on_keeps_every_other_tensor():
+    today = build_model(MODEL, [1, 30, 6], 3, 2, seed=7)
+    off = build_model(MODEL, [1, 30, 6], 3, 2, seed=7, shared_buckets={}, shared_rows=51, field_names=FIELDS)
+    on = _model(_maps())
+    assert list(off.state_dict()) == list(today.state_dict())
+    assert all(torch.equal(off.state_dict()[k], v) for k, v in today.state_dict().items())
+    shared_names = [k for k in on.state_dict() if k.startswith("shared_embedding.")]
+    assert shared_names == ["shared_embedding.item.weight", "shared_embedding.year.weight"]
+    assert on.state_dict()["shared_embedding.item.weight"].shape == (51, 4)
+    assert on.state_dict()["embedding.weight"].shape == (1, 4)  # only the local field (site) stays
+    for k, v in today.state_dict().items():  # built before the embeddings: same names, same values
+        if not k.startswith(("embedding.", "numeric.")):  # built after the (smaller) local table
+            assert torch.equal(on.state_dict()[k], v), k
+    x = _toy()
+    assert on(x.x_cat[:5], x.x_num[:5]).shape == (5, 2)
+
+
+def test_touched_counts_are_a_bincount_of_the_trained_rows_and_the_upload_holds_only_them():
+    maps, data = _maps(), _toy()
+    model = _model(maps)
+    cfg = TrainConfig(local_epochs=1, batch_size=32, lr=1e-2, weight_decay=0.0, mu=0.0, local_steps=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_local(model, data, {}, cfg, seed=5)
+    trained = torch.cat(list(batch_indices(len(data), 32, torch.Generator().manual_seed(5), epochs=1, steps=3)))
+    assert len(trained) == 96  # local_steps: only the 3 trained batches count
+    counts = model.touched_counts()
+    for j, field in enumerate(("item", "year")):
+        rows = torch.as_tensor(maps[field])[data.x_cat[trained, j + 1]]
+        expect = torch.bincount(rows, minlength=51)
+        assert torch.equal(counts[f"shared_embedding.{field}.weight"], expect), field
+    model.eval()
+    model(data.x_cat, data.x_num)  # evaluation counts nothing
+    assert torch.equal(counts["shared_embedding.year.weight"], model.touched_counts()["shared_embedding.year.weight"])
+    tables = {n: model.state_dict()[n] for n in counts}
+    up = touched_upload(tables, counts)
+    for field in ("item", "year"):
+        name = f"shared_embedding.{field}.weight"
+        rows = up[f"shared_embedding.{field}.rows"]
+        np.testing.assert_array_equal(rows, np.flatnonzero(counts[name].numpy()))
+        np.testing.assert_array_equal(up[f"shared_embedding.{field}.counts"], counts[name].numpy()[rows])
+        np.testing.assert_array_equal(up[f"shared_embedding.{field}.values"], tables[name].numpy()[rows])
+        assert up[f"shared_embedding.{field}.counts"].sum() == 96 and len(rows) < 51
+        # touched rows moved
+        assert not torch.equal(tables[name][torch.as_tensor(rows)], before[name][torch.as_tensor(rows)])
+    assert set(up) == {f"shared_embedding.{f}.{p}" for f in ("item", "year") for p in ("rows", "counts", "values")}
+
+
+def test_frozen_table_counts_nothing():
+    model = _model(_maps())
+    data = _toy()
+    cfg = TrainConfig(local_epochs=1, batch_size=32, lr=1e-2, weight_decay=0.0, mu=0.0, local_steps=2)
+    heads = [n for n, _ in model.named_parameters() if n.startswith("towers.")]
+    train_local(model, data, {}, cfg, seed=1, trainable=heads)  # FedRep's head phase
+    assert all(int(c.sum()) == 0 for c in model.touched_counts().values())
+
+
+def test_enabled_without_declared_fields_is_refused():
+    with pytest.raises(ValueError, match="declares no schema.shared_fields"):
+        SharedEmbeddings(True, 8, 0).bucket_maps(FIELDS, (), [np.arange(3)] * 3)
+    assert SharedEmbeddings.from_strategy({"shared_embeddings": {"enabled": False, "buckets": 8,
+                                                                  "hash_seed": 0}}).bucket_maps(FIELDS, ["item"], None) == {}

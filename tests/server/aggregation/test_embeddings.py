@@ -1,0 +1,93 @@
+"""Shared-id tables: count-weighted mean of the touched rows, untouched rows kept, validation."""
+
+import numpy as np
+import pytest
+
+from pfms_server.aggregation import touched_problems, touched_row_mean, upload_problems, with_shared_embeddings
+from pfms_server.aggregation.fedavg import fedavg_round
+from pfms_server.aggregation.state import ServerState
+
+TABLE = np.arange(12, dtype=np.float32).reshape(6, 2)  # row r = [2r, 2r + 1]
+NAME = "shared_embedding.item_id.weight"
+
+
+def touched(rows, counts, values, field="item_id"):
+    return {f"shared_embedding.{field}.rows": np.array(rows, dtype=np.int64),
+            f"shared_embedding.{field}.counts": np.array(counts, dtype=np.int64),
+            f"shared_embedding.{field}.values": np.array(values, dtype=np.float32).reshape(len(rows), 2)}
+
+
+def test_weighted_row_mean_by_hand():
+    a = (np.array([1, 3]), np.array([3, 1]), np.array([[10.0, 20.0], [1.0, 1.0]], dtype=np.float32))
+    b = (np.array([1, 4]), np.array([1, 2]), np.array([[-2.0, 0.0], [7.0, 8.0]], dtype=np.float32))
+    out = touched_row_mean(TABLE, [a, b])
+    # row 1: (3 * [10, 20] + 1 * [-2, 0]) / 4 = [7, 15]; row 3: only a; row 4: only b
+    np.testing.assert_array_equal(out[1], [7.0, 15.0])
+    np.testing.assert_array_equal(out[3], [1.0, 1.0])
+    np.testing.assert_array_equal(out[4], [7.0, 8.0])
+    for r in (0, 2, 5):  # untouched rows keep their value
+        np.testing.assert_array_equal(out[r], TABLE[r])
+    assert out.dtype == np.float32 and TABLE[1, 0] == 2.0  # the input is not changed
+
+
+def test_one_client_sets_its_rows_and_counts_do_not_matter():
+    one = (np.array([0, 5]), np.array([7, 1]), np.array([[1.5, 2.5], [3.5, 4.5]], dtype=np.float32))
+    out = touched_row_mean(TABLE, [one])
+    np.testing.assert_array_equal(out[[0, 5]], [[1.5, 2.5], [3.5, 4.5]])
+    np.testing.assert_array_equal(out[1:5], TABLE[1:5])
+
+
+def test_no_touched_rows_leave_the_table_unchanged():
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2), np.float32))
+    np.testing.assert_array_equal(touched_row_mean(TABLE, [empty, empty]), TABLE)
+
+
+@pytest.mark.parametrize("upload, message", [
+    (touched([1, 9], [1, 1], [[0, 0], [0, 0]]), "rows outside [0, 6)"),
+    (touched([-1], [1], [[0, 0]]), "rows outside [0, 6)"),
+    (touched([1, 1], [1, 1], [[0, 0], [0, 0]]), "a row is listed twice"),
+    (touched([1, 2], [1, -3], [[0, 0], [0, 0]]), "counts must be >= 1"),
+    (touched([1, 2], [1, 0], [[0, 0], [0, 0]]), "counts must be >= 1"),
+    (touched([1], [1], [[np.nan, 0]]), "contains NaN or Inf"),
+    ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.values": np.zeros((1, 3), np.float32)},
+     "shared_embedding.item_id.values: expected float32 (1, 2)"),
+    ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.values": np.zeros((1, 2), np.float64)},
+     "shared_embedding.item_id.values: expected float32 (1, 2)"),
+    ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.rows": np.array([1], np.int32)},
+     "shared_embedding.item_id.rows: expected int64 [r]"),
+    ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.counts": np.array([1, 1], np.int64)},
+     "shared_embedding.item_id.counts: expected int64 (1,)"),
+    ({k: v for k, v in touched([1], [1], [[0, 0]]).items() if not k.endswith("counts")},
+     "missing tensor shared_embedding.item_id.counts"),
+])
+def test_bad_touched_uploads_are_one_clear_line(upload, message):
+    problems = touched_problems(NAME, upload, TABLE)
+    assert len(problems) == 1 and message in problems[0], problems
+    # through the reply check the Strategy runs: the same line, and the table's own name is not expected back
+    other = {"experts.global.0.layers.0.linear.bias": np.zeros(3, np.float32)}
+    assert upload_problems({**upload, **other}, {NAME: TABLE, **other}) == problems
+
+
+def test_a_good_touched_upload_passes_and_the_whole_table_is_not_expected():
+    other = {"experts.global.0.layers.0.linear.bias": np.zeros(3, np.float32)}
+    assert upload_problems({**touched([2, 0], [4, 1], [[1, 1], [2, 2]]), **other}, {NAME: TABLE, **other}) == []
+    assert upload_problems({NAME: TABLE, **other}, {NAME: TABLE, **other})[0].startswith(
+        "missing tensor shared_embedding.item_id.")
+
+
+def test_with_shared_embeddings_aggregates_tables_beside_the_rule():
+    g = "experts.global.0.layers.0.linear.bias"
+    state = ServerState()
+    state.set_init({g: np.zeros(2, np.float32), NAME: TABLE})
+    assert set(state.global_arrays) == {g, NAME}  # one copy for everybody, like G
+    uploads = {"A": {g: np.array([1.0, 1.0], np.float32), **touched([1], [3], [[9, 9]])},
+               "B": {g: np.array([3.0, 3.0], np.float32), **touched([1, 2], [1, 2], [[1, 1], [5, 6]])}}
+    new = with_shared_embeddings(fedavg_round)(state, uploads, {"A": 1, "B": 1})
+    np.testing.assert_array_equal(new.global_arrays[g], [2.0, 2.0])  # the rule saw the rest, unchanged
+    expect = TABLE.copy()
+    expect[1] = [7.0, 7.0]  # (3 * 9 + 1 * 1) / 4
+    expect[2] = [5.0, 6.0]
+    np.testing.assert_array_equal(new.global_arrays[NAME], expect)
+    np.testing.assert_array_equal(state.global_arrays[NAME], TABLE)  # the old state is kept
+    assert set(new.arrays_for("A")) == {g, NAME}
+    np.testing.assert_array_equal(new.arrays_for("A")[NAME], new.arrays_for("B")[NAME])
