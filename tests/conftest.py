@@ -24,6 +24,12 @@ FIXTURES = REPO / "tests" / "fixtures"
 CONF_DATASET = REPO / "conf" / "dataset"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests (real processes, minutes each) first: spread over xdist's workers
+    at the start, they overlap with the many short tests instead of ending the run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def task_identity():
     """A Message created outside a Flower runtime needs a run/node/task identity."""
@@ -41,14 +47,17 @@ def pfms_home(tmp_path_factory) -> Path:
     return home
 
 
-def inprocess_overrides(home: Path, *extra: str) -> list[str]:
+# The in-process tests check mechanics (messages, state, equality of two schedules),
+# not learning, so they share one small synthetic data set (4 x 4k train / 2k test
+# rows, generated once per session). test_simulation checks learning on the default
+# data (4 x 20k / 10k) with ``LEARNING_DATA``.
+SMALL_DATA: list[str] = ["dataset.generator.rows_train=4000", "dataset.generator.rows_test=2000"]
+LEARNING_DATA: list[str] = []
+
+
+def inprocess_overrides(home: Path, *extra: str, data: list[str] = SMALL_DATA) -> list[str]:
     """Small, fast settings shared by the in-process federated tests."""
-    return [f"paths.home={home}", *SMALL_DATA, *extra]
-
-
-# The default synthetic data (4 x 20k train / 10k test rows, generated once per
-# session): small enough for a fast suite, large enough to learn the planted signal.
-SMALL_DATA: list[str] = []
+    return [f"paths.home={home}", *data, *extra]
 
 
 def run_inprocess(overrides: list[str], run_dir: Path, grid_factory=None, node_extra: dict | None = None):

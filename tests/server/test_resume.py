@@ -7,7 +7,6 @@ from conftest import inprocess_overrides, run_inprocess
 from pfms_server.experiments.inprocess import InProcessGrid
 from pfms_server.strategy import ScenarioStrategy
 
-SMALL = ["dataset.generator.rows_train=4000", "dataset.generator.rows_test=2000"]
 
 
 class CrashingGrid(InProcessGrid):
@@ -42,7 +41,7 @@ def _rows(strategy):
 
 @pytest.fixture(scope="module")
 def uninterrupted(pfms_home, tmp_path_factory):
-    base = inprocess_overrides(pfms_home, "num_rounds=4", "eval.splits=[test]", *SMALL)
+    base = inprocess_overrides(pfms_home, "num_rounds=4", "eval.splits=[test]")
     root = tmp_path_factory.mktemp("full")
     _, full, summary = run_inprocess(base, root / "full", node_extra={"state-dir": str(root / "client-state")})
     return base, full, summary

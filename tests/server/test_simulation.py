@@ -6,15 +6,17 @@ import math
 
 import pytest
 
-from conftest import inprocess_overrides, run_inprocess
+from conftest import LEARNING_DATA, inprocess_overrides, run_inprocess
 
 
 @pytest.fixture(scope="module")
 def two_runs(pfms_home, tmp_path_factory):
+    """Run 0 on the default data (it must learn); runs 1 and 2 on the small data, same seed."""
     out = []
-    for i in range(2):
+    for i, data in enumerate([LEARNING_DATA, None, None]):
         run_dir = tmp_path_factory.mktemp(f"run{i}")
-        _, strategy, summary = run_inprocess(inprocess_overrides(pfms_home, "num_rounds=3"), run_dir)
+        extra = {"data": data} if data is not None else {}
+        _, strategy, summary = run_inprocess(inprocess_overrides(pfms_home, "num_rounds=3", **extra), run_dir)
         out.append((run_dir, strategy, summary))
     return out
 
@@ -33,7 +35,7 @@ def test_every_scenario_and_task_learns(two_runs):
 
 
 def test_fixed_seeds_give_identical_metrics(two_runs):
-    (_, s1, _), (_, s2, _) = two_runs
+    _, (_, s1, _), (_, s2, _) = two_runs
     key = lambda r: (r["round"], r["scenario"], r["task"], r["split"])
     a = {key(r): (r["auc"], r["logloss"]) for r in s1.rows}
     b = {key(r): (r["auc"], r["logloss"]) for r in s2.rows}

@@ -1,7 +1,9 @@
 """Real network rounds: pfms-server + 4 pfms-client processes on loopback, TLS and node auth on.
 
 Every process runs as a user would start it (the CLIs, the venv's bin off PATH),
-talks over Flower's Fleet API on HTTPS, and is stopped by pid at the end.
+talks over Flower's Fleet API on HTTPS, and is stopped by pid at the end. Each test is
+its own xdist group, so under ``-n`` the three run side by side, each worker with its
+own deployment (the fixture is per module and worker).
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def deployment(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("deployment-tls")
 def test_tls_auth_run_matches_inprocess_drops_bad_replies_and_refuses_unenrolled_node(deployment, tmp_path):
     """The pfms ServerApp and ClientApp over HTTPS with node auth. The ClientApp carries a
     test mod (tests/system/apps/faulty) that spoils one tensor of chosen train replies: each is
@@ -172,6 +175,7 @@ def test_tls_auth_run_matches_inprocess_drops_bad_replies_and_refuses_unenrolled
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("deployment-killed-node")
 def test_killed_supernode_round_completes_and_node_rejoins_with_its_state(deployment):
     """FR's SuperNode dies in round 2: round 2 aggregates the other three, FR comes back
     (a new process, a new Flower node id) and trains round 3 from its own saved state.
@@ -236,6 +240,7 @@ def _state_round(path: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("deployment-server-crash")
 def test_server_crash_mid_round_then_resume_matches_uninterrupted(deployment, tmp_path):
     """The SuperLink (and its ServerApp) is SIGKILLed while round 2's training is out and a
     client has already trained it; restarted on its database, the run resubmitted with
