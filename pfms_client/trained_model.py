@@ -223,6 +223,10 @@ def load_trained(run_dir: Path, scenario: str) -> TrainedModel:
         raise TrainedModelError(f"{path}: not a pfms checkpoint (no state_dict)")
     if ckpt.get("scenario") != scenario:
         raise TrainedModelError(f"{path}: holds scenario {ckpt.get('scenario')!r}'s model, not {scenario!r}")
+    shared = sorted(k for k in ckpt["state_dict"] if k.startswith("shared_embedding."))
+    if shared:  # the bucket maps would have to be rebuilt from the vocabularies: not done yet
+        raise TrainedModelError(f"{path}: trained with strategy.shared_embeddings ({shared[0]}, ...); "
+                                "pfms-score and --export cannot load shared-id tables yet")
     if "encoding_fingerprint" not in ckpt:
         raise TrainedModelError(f"{path}: records no encoding fingerprint (written before scoring existed); "
                                 "run again to save the encoding with the checkpoint")

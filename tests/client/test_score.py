@@ -195,3 +195,16 @@ def test_streamed_metrics_equal_task_metrics_on_ties_clipping_and_many_passes(tm
             assert abs(got[t]["auc"] - ref[t]["auc"]) < 1e-12
             assert abs(got[t]["logloss"] - ref[t]["logloss"]) < 1e-12
             assert got[t]["positives"] == ref[t]["positives"]
+
+
+def test_a_shared_embedding_checkpoint_is_refused_in_one_line(tmp_path):
+    """Scoring does not rebuild shared-id bucket maps yet: it must say so, not fail on shapes."""
+    import torch
+
+    from pfms_client.trained_model import TrainedModelError, load_trained
+
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"scenario": "NL", "state_dict": {"shared_embedding.item_id.weight": torch.zeros(3, 2)}},
+               tmp_path / "checkpoints" / "NL.pt")
+    with pytest.raises(TrainedModelError, match="strategy.shared_embeddings .*cannot load shared-id tables"):
+        load_trained(tmp_path, "NL")
