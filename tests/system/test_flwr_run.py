@@ -26,6 +26,25 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def _pfms_run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run, except that a run past ``timeout`` gets SIGTERM first: pfms-run then
+    stops the SuperLink it started (a SIGKILL would leave it running), and the test fails
+    with the output so far."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"pfms-run still running after {timeout} s; stopped it (rc {proc.returncode}):\n"
+                    f"{(out + err)[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 @pytest.mark.slow
 def test_flwr_run_completes_and_writes_the_run_folder(tmp_path):
     home = tmp_path / "home"
@@ -37,7 +56,7 @@ def test_flwr_run_completes_and_writes_the_run_folder(tmp_path):
     cmd = [sys.executable, "-m", "pfms_server.deploy.local_run", "--app", str(REPO), "--flwr-home", str(flwr_home),
            "num_rounds=2", "run_name=flwr-run-test", "dataset.generator.rows_train=3000",
            "dataset.generator.rows_test=1000", "eval.splits=[test]"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
+    proc = _pfms_run(cmd, env, timeout=420)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "run status finished:completed" in out
@@ -83,8 +102,7 @@ def test_pfms_run_with_bad_data_fails_in_one_line_before_round_1(tmp_path):
     flwr_home = tmp_path / "flwr"
     cmd = [sys.executable, "-m", "pfms_server.deploy.local_run", "--app", str(REPO), "--flwr-home", str(flwr_home),
            "dataset=aliexpress", f"dataset.root={root}", "dataset.scenarios=[NL,ES]", "num_rounds=2"]
-    proc = subprocess.run(cmd, env={**os.environ, "PFMS_HOME": str(tmp_path / "home")}, capture_output=True,
-                          text=True, timeout=300)
+    proc = _pfms_run(cmd, {**os.environ, "PFMS_HOME": str(tmp_path / "home")}, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.splitlines() == [f"pfms-run: {root / 'AliExpress_ES' / 'test.csv'}: file not found"]
     assert "completed" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
