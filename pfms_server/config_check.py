@@ -116,6 +116,22 @@ def _centralized_has_no_shared_embeddings(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
+# What the PF-MSMTrec rule aggregates (G by FedAvg, S by conflict coordination, towers by
+# attention); anything else a client uploaded would come back as the server's stale copy.
+PFMSMTREC_SHARES = ("global", "scenario", "tower")
+
+
+def _pfmsmtrec_shares_what_it_aggregates(cfg: Mapping[str, Any]) -> str | None:
+    if get(cfg, "strategy.algorithm") != "pfmsmtrec":
+        return None
+    extra = [str(s) for s in get(cfg, "strategy.share") or [] if str(s) not in PFMSMTREC_SHARES]
+    if extra:
+        return (f"strategy.share={[str(s) for s in get(cfg, 'strategy.share')]}: the pfmsmtrec rule aggregates only "
+                f"{list(PFMSMTREC_SHARES)}; {extra} would be overwritten with the server's stale copy every round "
+                "(use strategy=fedavg and its family to share those)")
+    return None
+
+
 def _resume_has_a_checkpoint(cfg: Mapping[str, Any]) -> str | None:
     resume = get(cfg, "resume")
     if resume is not None and not (Path(str(resume)).expanduser() / CHECKPOINT).is_file():
@@ -132,7 +148,7 @@ def _no_resume(cfg: Mapping[str, Any]) -> str | None:
 
 
 SERVER_CHECKS: tuple[CrossCheck, ...] = (_algorithm_has_its_nodes, _participation_fits_the_scenarios,
-                                         _centralized_has_no_shared_embeddings)
+                                         _centralized_has_no_shared_embeddings, _pfmsmtrec_shares_what_it_aggregates)
 FLOWER_CHECKS: tuple[CrossCheck, ...] = (_flower_algorithm, _resume_has_a_checkpoint)  # pfms-run, the ServerApp
 COMPARE_CHECKS: tuple[CrossCheck, ...] = (_no_resume,)  # pfms-compare
 

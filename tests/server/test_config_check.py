@@ -372,3 +372,19 @@ def test_shared_embeddings_config_is_checked(overrides, message):
 
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_run_config(overrides)
+
+
+@pytest.mark.parametrize("share, ok", [("[global,scenario,tower]", True), ("[global,scenario]", True),
+                                        ("[global,scenario,tower,task]", False),
+                                        ("[global,scenario,tower,gates,numeric]", False)])
+def test_pfmsmtrec_refuses_to_upload_what_it_does_not_aggregate(share, ok):
+    """Task experts, gates or the numeric layer uploaded under pfmsmtrec would come back as the
+    server's stale copy every round, silently undoing the clients' training of them."""
+    from pfms_server.config_check import load_run_config
+
+    if ok:
+        load_run_config([f"strategy.share={share}"], flower=False)
+        return
+    with pytest.raises(ConfigError, match=r"the pfmsmtrec rule aggregates only \['global', 'scenario', 'tower'\]"):
+        load_run_config([f"strategy.share={share}"], flower=False)
+    load_run_config(["strategy=fedavg", f"strategy.share={share}"], flower=False)  # the FedAvg family may
