@@ -27,6 +27,7 @@ import numpy as np
 from .data.schema import Constraint, DatasetSchema, TaskSpec
 from .data.settings import DatasetSettings
 from .data.store import VOCAB_DIR, read_manifest, read_vocab, schema_record
+from .template import is_shared_table
 
 ENCODING_FORMAT = 1
 ENCODING_FILE = "encoding.json"
@@ -223,7 +224,7 @@ def load_trained(run_dir: Path, scenario: str) -> TrainedModel:
         raise TrainedModelError(f"{path}: not a pfms checkpoint (no state_dict)")
     if ckpt.get("scenario") != scenario:
         raise TrainedModelError(f"{path}: holds scenario {ckpt.get('scenario')!r}'s model, not {scenario!r}")
-    shared = sorted(k for k in ckpt["state_dict"] if k.startswith("shared_embedding."))
+    shared = sorted(k for k in ckpt["state_dict"] if is_shared_table(k))
     if shared:  # the bucket maps would have to be rebuilt from the vocabularies: not done yet
         raise TrainedModelError(f"{path}: trained with strategy.shared_embeddings ({shared[0]}, ...); "
                                 "pfms-score and --export cannot load shared-id tables yet")
