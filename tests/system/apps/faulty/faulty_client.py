@@ -9,9 +9,9 @@ from flwr.clientapp import ClientApp
 from pfms_client import client_app as pfms
 
 
-def corrupt(arrays: ArrayRecord, kind: str) -> str:
-    """Spoil one tensor of ``arrays`` in place; return its name."""
-    name = sorted(arrays)[0]
+def corrupt(arrays: ArrayRecord, kind: str, index: int = 0) -> str:
+    """Spoil the ``index``-th tensor (by name) of ``arrays`` in place; return its name."""
+    name = sorted(arrays)[index]
     value = arrays[name].numpy().copy()
     if kind == "nan":
         value.flat[0] = np.nan
@@ -35,10 +35,12 @@ def faults(msg: Message, context: Context, call_next) -> Message:
         return reply
     server_round = int(msg.content["config"]["server-round"])
     scenario = str(reply.content["meta"]["scenario"])
+    spoiled = 0  # a second fault of the same reply spoils the next tensor
     for spec in str(context.run_config.get("faults", "")).split():
         at, who, kind = spec.split(":")
         if int(at) == server_round and who == scenario:
-            corrupt(reply.content["arrays"], kind)
+            corrupt(reply.content["arrays"], kind, spoiled)
+            spoiled += 1
     return reply
 
 
