@@ -58,6 +58,9 @@ def load_config(overrides: str | Sequence[str] | None = None) -> DictConfig:
     from .config_check import check_client_config  # it imports ConfigError from here
 
     args = parse_overrides(overrides)
+    key = _compose_key(args)
+    if key in _COMPOSED:
+        return _COMPOSED[key]
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose(config_name="config", overrides=args)
@@ -68,4 +71,25 @@ def load_config(overrides: str | Sequence[str] | None = None) -> DictConfig:
         raise ConfigError(f"bad config override in {args}: {reason}") from exc
     check_client_config(cfg)
     OmegaConf.set_readonly(cfg, True)
+    if len(_COMPOSED) >= _COMPOSED_MAX:
+        _COMPOSED.pop(next(iter(_COMPOSED)))
+    _COMPOSED[key] = cfg
     return cfg
+
+
+# Composed configs of this process. A Hydra compose costs about 0.5 s of CPU, and one
+# process often composes the same config more than once (the ServerApp and the
+# in-process ClientApps of a simulation or of pfms-compare, a CLI that checks and then
+# runs). The result is read-only, so callers can share it. The key holds everything the
+# result depends on: the overrides, the conf files (path, size, mtime) and the
+# environment variables that conf/config.yaml reads.
+_COMPOSED: dict[tuple, DictConfig] = {}
+_COMPOSED_MAX = 32
+_CONFIG_ENV = ("PFMS_HOME", "HOME")
+
+
+def _compose_key(args: list[str]) -> tuple:
+    root = conf_dir()
+    files = tuple(sorted((str(p.relative_to(root)), st.st_size, st.st_mtime_ns)
+                         for p in root.rglob("*.yaml") for st in [p.stat()]))
+    return tuple(args), str(root), files, tuple(os.environ.get(v) for v in _CONFIG_ENV)
