@@ -51,7 +51,7 @@ def pfms_home(tmp_path_factory) -> Path:
 # not learning, so they share one small synthetic data set (4 x 4k train / 2k test
 # rows, generated once per session). test_simulation checks learning on the default
 # data (4 x 20k / 10k) with ``LEARNING_DATA``.
-SMALL_DATA: list[str] = ["dataset.generator.rows_train=4000", "dataset.generator.rows_test=2000"]
+SMALL_DATA: list[str] = ["dataset.generator.rows_train=1500", "dataset.generator.rows_test=1000"]
 LEARNING_DATA: list[str] = []
 
 
