@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -68,6 +70,14 @@ def write_csv(path: Path, rows: Iterable[dict]) -> None:
     tmp.unlink(missing_ok=True)
     append_csv(tmp, rows)
     tmp.replace(path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON through a temporary file and a rename: a process killed
+    mid-write leaves the previous file whole, never half of the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    os.replace(tmp, path)
 
 
 def fmt(x: float) -> str:

@@ -201,7 +201,7 @@ def run(grid: Grid, cfg: DictConfig, run_dir: Path | None = None, *,
                "aggregated_rounds": sorted({int(r["round"]) for r in strategy.train_log}),
                "rounds_log": strategy.round_results}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    (run_dir / "train_log.json").write_text(json.dumps(strategy.train_log, indent=1, default=str))
+    report.write_json(run_dir / "train_log.json", strategy.train_log)
     if cfg.server.plot and (run_dir / "metrics.csv").exists():
         report.plot_auc(run_dir / "metrics.csv", run_dir / "auc.png")
     log_summary(summary, run_dir)

@@ -301,6 +301,9 @@ class ScenarioStrategy(Strategy):
                                    "train_bce": m["train_bce"] if np.isfinite(m["train_bce"]) else None,
                                    "num_examples": counts[scenario], "upload_bytes": sizes[scenario]})
         if self.run_dir is not None:
+            # The train log before the state: a resume keeps the log's rounds up to the
+            # state's round, so a stop between the two writes loses nothing.
+            report.write_json(self.run_dir / "train_log.json", self.train_log)
             self.state.save(self.run_dir / "server_state")
         # Sample-weighted over the replies that report a loss; counts scaled by their
         # maximum first, as in FedAvg, so that huge (but finite) counts cannot overflow.

@@ -65,6 +65,11 @@ def test_resumed_run_matches_uninterrupted_run(uninterrupted, tmp_path, monkeypa
     assert resumed.round_offset == done and resumed.state.round == 4
     assert _rows(resumed) == _rows(full)  # every round, metric for metric
     assert summary["test_mean_auc"] == full_summary["test_mean_auc"]
+    # The rounds aggregated before the crash count too (the train log is written every round).
+    assert summary["status"] == full_summary["status"] == "completed"
+    assert summary["aggregated_rounds"] == full_summary["aggregated_rounds"] == [1, 2, 3, 4]
+    key = lambda r: (r["round"], r["scenario"], r["num_examples"])  # noqa: E731
+    assert sorted(map(key, resumed.train_log)) == sorted(map(key, full.train_log))
     for name in full.state.scenarios:
         assert resumed.state.scenarios[name].alpha.to_dict() == full.state.scenarios[name].alpha.to_dict()
 
