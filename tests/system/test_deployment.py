@@ -1,7 +1,7 @@
 """Real network rounds: pfms-server + 2 pfms-client processes on loopback, TLS and node auth on.
 
 Every process runs as a user would start it (the CLIs, the venv's bin off PATH),
-talks over Flower's Fleet API on HTTPS, and is stopped by pid at the end. The three
+talks over Flower's Fleet API on HTTPS, and is stopped by pid at the end. The two
 tests share one deployment (one xdist group, so under ``-n`` one worker runs them in
 turn while the others run the in-process tests).
 
@@ -48,6 +48,27 @@ def _env(**extra: str) -> dict[str, str]:
 def _flwr(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).parent / "flwr"), *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def _wait_for_control_api(env: dict[str, str], timeout: float = 60) -> None:
+    """A restarted SuperLink opens its port before its Control API answers, and ``flwr run``
+    does not retry a refused first call: wait until ``flwr ls`` gets an answer."""
+    deadline = time.monotonic() + timeout
+    while (ls := _flwr("ls", "deploy", "--format", "json", env=env)).returncode != 0:
+        assert time.monotonic() < deadline, ls.stdout[-2000:] + ls.stderr[-2000:]
+        time.sleep(0.5)
+
+
+def _last_run_status(env: dict[str, str], timeout: float = 30) -> str:
+    """The status of the run submitted last, once it has finished (a run killed with its
+    SuperLink keeps its last status in the database, so look at the newest run only)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = json.loads(_flwr("ls", "deploy", "--format", "json", env=env).stdout)["runs"]
+        status = max(runs, key=lambda r: r["pending-at"])["status"]
+        if status.startswith("finished") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
 
 
 def _metrics(path: Path) -> dict:
@@ -125,44 +146,99 @@ def deployment(tmp_path_factory):
             stop_tree(proc)
 
 
+def _crash(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and everything it started: no clean shutdown, like a power cut."""
+    for pid in [*descendants(proc.pid), proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def _state_round(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True)["round"])
+    except (OSError, RuntimeError, EOFError, KeyError):
+        return 0
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("deployment")
-def test_tls_auth_run_matches_inprocess_drops_bad_replies_and_refuses_unenrolled_node(deployment, tmp_path):
-    """The pfms ServerApp and ClientApp over HTTPS with node auth. The ClientApp carries a
-    test mod (tests/system/apps/faulty) that spoils one tensor of chosen train replies: each is
-    dropped for its round with a log line naming node and tensor, the run completes,
-    and its metrics equal an in-process run of the same seed, config and faults."""
+def test_tls_auth_run_drops_bad_replies_survives_a_server_crash_and_matches_inprocess(deployment, tmp_path):
+    """The pfms ServerApp and ClientApp over HTTPS with node auth, in one run that meets
+    three troubles, since every deployed run costs minutes on a 2-core host:
+
+    - the ClientApp carries a test mod (tests/system/apps/faulty) that spoils tensors of
+      chosen train replies: each is dropped for its round with a log line naming node,
+      scenario and tensors;
+    - the SuperLink (and its ServerApp) is SIGKILLed while round 2's training is out and a
+      client has already trained it; restarted on its database, the run resubmitted with
+      ``resume`` re-sends round 2 and the clients train it from their round-1 state;
+    - an unenrolled SuperNode tries to join and is refused.
+
+    The run completes and its metrics equal an in-process run of the same seed, config and
+    faults, round for round."""
     env, root = deployment["env"], deployment["root"]
-    overrides = " ".join([*RUN, "run_name=deployed"])
-    t0 = time.perf_counter()
-    run = _flwr("run", str(FAULTY_APP), "deploy", "--stream", "--run-config",
-                f"overrides='{overrides}' faults='{FAULTS}'", env=env, timeout=900)
-    seconds = time.perf_counter() - t0
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-3000:]
-    status = _flwr("ls", "deploy", "--format", "json", env=env)
-    assert "finished:completed" in status.stdout, status.stdout
-    print(f"deployed run: {seconds:.1f} s")
+    base = [*RUN, "server.round_timeout=120"]
+    run_config = lambda *extra: f"overrides='{' '.join([*base, *extra])}' faults='{FAULTS}'"  # noqa: E731
+    flwr = str(Path(sys.executable).parent / "flwr")
+    run = subprocess.Popen([flwr, "run", str(FAULTY_APP), "deploy", "--stream", "--run-config",
+                            run_config("run_name=deployed")], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    states = [root / "state" / s / "deployed" / f"{s}.pt" for s in SCENARIOS]
+    watchdog = threading.Timer(600, run.kill)  # never hang the suite
+    watchdog.start()
+    out: list[str] = []
+    try:
+        for line in run.stdout:
+            out.append(line)
+            if "[ROUND 2/2]" in line:
+                break
+        deadline = time.monotonic() + 120
+        while max(_state_round(p) for p in states) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert max(_state_round(p) for p in states) == 2, "".join(out)[-3000:]
+        _crash(deployment["server"])
+        run.kill()
+        run.wait(timeout=30)
+    finally:
+        watchdog.cancel()
+    first = "".join(out)
+    run_dir = root / "home" / "runs" / "deployed"
+    assert json.loads((run_dir / "server_state" / "state.json").read_text())["round"] == 1
+
+    deployment["server"] = deployment["start_server"]("server-restarted")
+    _wait_for_control_api(env)
+    resumed = _flwr("run", str(FAULTY_APP), "deploy", "--stream", "--run-config", run_config(f"resume={run_dir}"),
+                    env=env, timeout=600)
+    second = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, second[-3000:]
+    assert f"resuming {run_dir} after round 1" in resumed.stdout
+    assert _last_run_status(env) == "finished:completed"
+    for s, path in zip(SCENARIOS, states):
+        saved = torch.load(path, weights_only=True)
+        assert (saved["round"], saved["rounds_trained"]) == (2, 2), s  # round 2 trained once, from round 1
 
     # Every spoiled reply is dropped in its round, named by node and scenario, with each
     # of its spoiled tensors.
-    expected = {("1", "ES"): ["contains NaN or Inf", "shape (", "expected ("],
-                ("2", "NL"): ["missing tensor", "unexpected tensor", "dtype float64"]}
-    for (rnd, scenario), problems in expected.items():
+    expected = {("1", "ES", first): ["contains NaN or Inf", "shape (", "expected ("],
+                ("2", "NL", second): ["missing tensor", "unexpected tensor", "dtype float64"]}
+    for (rnd, scenario, log), problems in expected.items():
         line = next((ln for ln in log.splitlines() if f"round {rnd}: dropping reply of node" in ln
                      and f"({scenario})" in ln), None)
         assert line is not None and all(p in line for p in problems), (rnd, scenario, log[-3000:])
-    run_dir = root / "home" / "runs" / "deployed"
     trained = json.loads((run_dir / "train_log.json").read_text())
     assert sorted((r["round"], r["scenario"]) for r in trained) == [(1, "NL"), (2, "ES")]
     deployed = _metrics(run_dir / "metrics.csv")
     assert {k[1] for k in deployed} == set(SCENARIOS) and len(deployed) == 2 * 2 * 2
 
-    # The same seed, config and faults in-process. Both sides run the same code on the
-    # same rows in the same order with one torch thread (train.num_threads=1), so the
-    # float operations are the same; the only difference is the float32 round trip of
-    # arrays through protobuf, which is exact. Hence a tight tolerance: a real divergence
-    # (another init, order, seed, or a bad reply that leaked in) moves these AUCs by > 1e-3.
+    # The same seed, config and faults in-process, uninterrupted. Both sides run the same
+    # code on the same rows in the same order with one torch thread (train.num_threads=1),
+    # so the float operations are the same; the only difference is the float32 round trip
+    # of arrays through protobuf, which is exact. Hence a tight tolerance: a real divergence
+    # (another init, order, seed, a round trained twice after the crash, or a bad reply that
+    # leaked in) moves these AUCs by > 1e-3.
     sys.path.insert(0, str(FAULTY_APP))
     try:
         import faulty_client  # noqa: PLC0415
@@ -172,12 +248,12 @@ def test_tls_auth_run_matches_inprocess_drops_bad_replies_and_refuses_unenrolled
     def grid(_app, nodes, run_config):
         return InProcessGrid(faulty_client.app, nodes, {**run_config, "faults": FAULTS})
 
-    _, strategy, _ = run_inprocess([f"paths.home={tmp_path}", *RUN], tmp_path / "inproc", grid)
+    _, strategy, _ = run_inprocess([f"paths.home={tmp_path}", *base], tmp_path / "inproc", grid)
     _assert_same_metrics(deployed, _rows(strategy))
 
     # The unenrolled node never joined: its SuperNode was refused and no reply came from it.
     intruder_log = (deployment["logs"] / "intruder.log").read_text()
-    assert "claims scenario NL" not in run.stdout
+    assert "claims scenario NL" not in first + second
     assert "Failed to activate SuperNode" in intruder_log, intruder_log[-2000:]
     assert deployment["clients"]["intruder"].poll() not in (None, 0)  # it gave up and exited non-zero
 
@@ -215,7 +291,7 @@ def test_killed_supernode_round_completes_and_node_rejoins_with_its_state(deploy
         watchdog.cancel()
     log = "".join(out)
     assert run.returncode == 0 and killed and restarted, log[-3000:]
-    assert "finished:completed" in _flwr("ls", "deploy", "--format", "json", env=env).stdout
+    assert _last_run_status(env) == "finished:completed"
 
     run_dir = root / "home" / "runs" / "faults"
     trained = json.loads((run_dir / "train_log.json").read_text())
@@ -228,66 +304,3 @@ def test_killed_supernode_round_completes_and_node_rejoins_with_its_state(deploy
     # ES's local state was reloaded from disk, not rebuilt: it counts both rounds it trained.
     saved = torch.load(root / "state" / "ES" / "faults" / "ES.pt", weights_only=True)
     assert saved["rounds_trained"] == 2
-
-
-def _crash(proc: subprocess.Popen) -> None:
-    """SIGKILL a process and everything it started: no clean shutdown, like a power cut."""
-    for pid in [*descendants(proc.pid), proc.pid]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=30)
-
-
-def _state_round(path: Path) -> int:
-    try:
-        return int(torch.load(path, weights_only=True)["round"])
-    except (OSError, RuntimeError, EOFError, KeyError):
-        return 0
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("deployment")
-def test_server_crash_mid_round_then_resume_matches_uninterrupted(deployment, tmp_path):
-    """The SuperLink (and its ServerApp) is SIGKILLed while round 2's training is out and a
-    client has already trained it; restarted on its database, the run resubmitted with
-    ``resume`` re-sends round 2, the clients train it from their round-1 state, and the
-    metrics equal an uninterrupted run of the same seed, round for round."""
-    env, root = deployment["env"], deployment["root"]
-    base = [*RUN, "server.round_timeout=120"]
-    run = subprocess.Popen([str(Path(sys.executable).parent / "flwr"), "run", str(REPO), "deploy", "--stream",
-                            "--run-config", f"overrides='{' '.join([*base, 'run_name=restart'])}'"],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    states = [root / "state" / s / "restart" / f"{s}.pt" for s in SCENARIOS]
-    watchdog = threading.Timer(600, run.kill)
-    watchdog.start()
-    out: list[str] = []
-    try:
-        for line in run.stdout:
-            out.append(line)
-            if "[ROUND 2/2]" in line:
-                break
-        deadline = time.monotonic() + 120
-        while max(_state_round(p) for p in states) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert max(_state_round(p) for p in states) == 2, "".join(out)[-3000:]
-        _crash(deployment["server"])
-        run.kill()
-        run.wait(timeout=30)
-    finally:
-        watchdog.cancel()
-    run_dir = root / "home" / "runs" / "restart"
-    assert json.loads((run_dir / "server_state" / "state.json").read_text())["round"] == 1
-
-    deployment["server"] = deployment["start_server"]("server-restarted")
-    resumed = _flwr("run", str(REPO), "deploy", "--stream", "--run-config",
-                    f"overrides='{' '.join([*base, f'resume={run_dir}'])}'", env=env, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"resuming {run_dir} after round 1" in resumed.stdout
-    for s, path in zip(SCENARIOS, states):
-        saved = torch.load(path, weights_only=True)
-        assert (saved["round"], saved["rounds_trained"]) == (2, 2), s  # round 2 trained once, from round 1
-
-    _, strategy, _ = run_inprocess([f"paths.home={tmp_path}", *base], tmp_path / "inproc")
-    _assert_same_metrics(_metrics(run_dir / "metrics.csv"), _rows(strategy))
