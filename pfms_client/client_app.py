@@ -33,7 +33,7 @@ from .mmoe import MMoE, build_model  # noqa: E402
 from .state import LocalState, atomic_torch_save  # noqa: E402
 from .shared_embedding import SharedEmbeddings, touched_upload  # noqa: E402
 from .template import is_shared_table, shared_parts, uploaded_names  # noqa: E402
-from .threads import choose as choose_threads  # noqa: E402
+from .threads import choose as choose_threads, ray_actor_cpus  # noqa: E402
 from .local_update import client_mode, ditto_personal_update, fedrep_update, train_config  # noqa: E402
 from .trainer import evaluate, train_local  # noqa: E402
 
@@ -97,7 +97,8 @@ def scenario_data(ds_cfg: DictConfig, scenario: str, in_memory_max_rows: int) ->
 
 def torch_threads(context: Context, cfg: DictConfig) -> int | None:
     """Set torch's intra-op threads: ``train.num_threads``, else the node's share of the host
-    (node config ``threads``, set by pfms-client; see pfms_client.threads); None = torch's default."""
+    (node config ``threads``, set by pfms-client; see pfms_client.threads), else in Flower's
+    simulation the CPUs Ray gave this ClientApp's actor; None = torch's default."""
     node = context.node_config
     if cfg.train.num_threads:
         threads = int(cfg.train.num_threads)
@@ -105,6 +106,8 @@ def torch_threads(context: Context, cfg: DictConfig) -> int | None:
         registry = node.get("node-registry")
         threads, _ = choose_threads(node["threads"], node.get("nodes-per-host", 0),
                                     Path(str(registry)) if registry else None)
+    elif (cpus := ray_actor_cpus()) is not None:
+        threads = cpus
     else:
         return None
     if torch.get_num_threads() != threads:

@@ -18,6 +18,7 @@ the run config overrides both.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -81,6 +82,26 @@ def live_nodes(registry: Path) -> int:
         if started and _start_time(int(entry.name)) == started:
             count += 1
     return max(1, count)
+
+
+def ray_actor_cpus() -> int | None:
+    """The CPUs Ray assigned to this process's actor, or None outside a Ray actor.
+
+    Flower's simulation runs each ClientApp in a Ray actor with ``client-resources``
+    ``num-cpus`` (2 in Flower 1.42's default) but sets no thread count, so torch takes
+    every core of the host in each actor: actors that Ray runs side by side (num-cpus
+    below the host's cores) would oversubscribe it. Checked in a real pfms-run: the actor
+    reads {'CPU': 2.0} with the default."""
+    ray = sys.modules.get("ray")  # only where Flower's simulation imported it
+    if ray is None:
+        return None
+    try:
+        if not ray.is_initialized():
+            return None
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # noqa: BLE001  a driver process, an older Ray: no assignment to follow
+        return None
+    return max(1, int(cpus)) if cpus else None
 
 
 def parse_setting(value: object, what: str = "--threads") -> int | None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -307,7 +309,42 @@ def test_clientapp_takes_its_share_unless_the_run_config_sets_num_threads(tmp_pa
         assert torch_threads(ctx, OmegaConf.create({"train": {"num_threads": 1}})) == 1
         assert torch.get_num_threads() == 1
         plain = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
-        assert torch_threads(plain, OmegaConf.create({"train": {"num_threads": None}})) is None  # simulation
+        assert torch_threads(plain, OmegaConf.create({"train": {"num_threads": None}})) is None  # outside Ray
         assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+class _RayActor:
+    """What ray.is_initialized/get_runtime_context answer inside a simulation's actor."""
+
+    def __init__(self, cpus):
+        self.cpus = cpus
+
+    def is_initialized(self):
+        return True
+
+    def get_runtime_context(self):
+        return SimpleNamespace(get_assigned_resources=lambda: {"CPU": self.cpus} if self.cpus else {})
+
+
+@pytest.mark.parametrize("cpus, expected", [(1.0, 1), (3.0, 3), (0.5, 1), (None, None)])
+def test_in_a_ray_actor_the_clientapp_takes_the_cpus_ray_assigned(monkeypatch, cpus, expected):
+    """Flower's simulation gives each ClientApp actor client-resources num-cpus but no thread
+    count: torch follows the assignment (a fraction still gets one thread); the run config wins."""
+    import torch  # noqa: PLC0415
+    from flwr.app import Context, RecordDict  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from pfms_client.client_app import torch_threads  # noqa: PLC0415
+
+    before = torch.get_num_threads()
+    monkeypatch.setitem(sys.modules, "ray", _RayActor(cpus))
+    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    try:
+        torch.set_num_threads(2)
+        assert torch_threads(ctx, OmegaConf.create({"train": {"num_threads": None}})) == expected
+        assert torch.get_num_threads() == (expected or 2)
+        assert torch_threads(ctx, OmegaConf.create({"train": {"num_threads": 2}})) == 2
     finally:
         torch.set_num_threads(before)
