@@ -40,7 +40,6 @@ from .trainer import evaluate, train_local  # noqa: E402
 app = ClientApp()
 SPLITS = ("train", "val", "test")
 
-_CONFIGS: dict[str, DictConfig] = {}
 _DATA: dict[str, ScenarioData] = {}
 # Process start and imports are paid once per process: reported by its first message only.
 _STARTUP = {"start": _STARTED_S, "import": time.perf_counter() - _IMPORT_T0}
@@ -51,10 +50,8 @@ class UpdateError(ValueError):
 
 
 def run_config(context: Context) -> DictConfig:
-    overrides = str(context.run_config.get("overrides", ""))
-    if overrides not in _CONFIGS:
-        _CONFIGS[overrides] = load_config(overrides)
-    return _CONFIGS[overrides]
+    """The run's config; load_config composes it once per process and reuses it."""
+    return load_config(str(context.run_config.get("overrides", "")))
 
 
 def scenario_of(context: Context, cfg: DictConfig) -> str:
