@@ -34,7 +34,7 @@ from pfms_client.config_check import (
     show,
 )
 
-from .aggregation.pfmsmtrec import ALPHA_MODES, CONFLICT_METHODS, TOWER_MODES
+from .aggregation.pfmsmtrec import AGGREGATED_PARTS, ALPHA_MODES, CONFLICT_METHODS, TOWER_MODES
 from .aggregation.rules import ALGORITHMS, make_rule
 
 CENTRALIZED = "centralized"  # strategy.algorithm of the pooled-rows reference (pfms-compare runs it, no Flower)
@@ -116,18 +116,13 @@ def _centralized_has_no_shared_embeddings(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
-# What the PF-MSMTrec rule aggregates (G by FedAvg, S by conflict coordination, towers by
-# attention); anything else a client uploaded would come back as the server's stale copy.
-PFMSMTREC_SHARES = ("global", "scenario", "tower")
-
-
 def _pfmsmtrec_shares_what_it_aggregates(cfg: Mapping[str, Any]) -> str | None:
     if get(cfg, "strategy.algorithm") != "pfmsmtrec":
         return None
-    extra = [str(s) for s in get(cfg, "strategy.share") or [] if str(s) not in PFMSMTREC_SHARES]
+    extra = [str(s) for s in get(cfg, "strategy.share") or [] if str(s) not in AGGREGATED_PARTS]
     if extra:
         return (f"strategy.share={[str(s) for s in get(cfg, 'strategy.share')]}: the pfmsmtrec rule aggregates only "
-                f"{list(PFMSMTREC_SHARES)}; {extra} would be overwritten with the server's stale copy every round "
+                f"{list(AGGREGATED_PARTS)}; {extra} would be overwritten with the server's stale copy every round "
                 "(use strategy=fedavg and its family to share those)")
     return None
 

@@ -25,6 +25,10 @@ from .towers import tower_next
 CONFLICT_METHODS = ("cagrad", "pcgrad", "mean")
 ALPHA_MODES = ("learned", "fixed")
 TOWER_MODES = ("attention", "fedavg", "local")
+# The strategy.share parts this round aggregates (G by FedAvg, S by conflict coordination,
+# towers by attention); anything else a client uploaded would come back as the server's
+# stale copy.
+AGGREGATED_PARTS = ("global", "scenario", "tower")
 
 
 @dataclass(frozen=True)
