@@ -41,6 +41,7 @@ SERVER_OWNED = (
     "strategy.participation",
     "server.round_timeout",
     "server.poll_interval",
+    "simulation.client_cpus",
 )
 DATASET = "dataset"  # checked as a whole by DatasetSettings.from_config (see check_dataset)
 

@@ -73,6 +73,7 @@ SERVER_RULES: dict[str, Rule] = {
     "strategy.participation.fraction_train": number(0, 1, lo_open=True),
     "server.round_timeout": number(0, lo_open=True),
     "server.poll_interval": number(0, 60),  # 0 = the Grid's own send_and_receive
+    "simulation.client_cpus": integer(1),  # pfms-run's client-resources-num-cpus
 }
 
 # The nodes an aggregation rule reads, all of whose keys it then needs.

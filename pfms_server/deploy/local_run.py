@@ -96,14 +96,25 @@ def checked_config(overrides: str) -> Any:
 
 
 def federation_config(cfg: Any, k: int) -> str:
-    """``num-supernodes=k``, plus each ClientApp's Ray GPU share when train.device is (or auto finds) cuda."""
+    """``num-supernodes=k``, each ClientApp's Ray CPUs (``simulation.client_cpus``: the
+    ClientApp's torch threads follow them), and its Ray GPU share when train.device is (or
+    auto finds) cuda.
+
+    Flower's default of 2 CPUs per ClientApp runs the ClientApps of a 2-core host one at a
+    time with 2 torch threads each. Beside one busy process (a nice-19 loop) such a
+    ClientApp trained 45x slower (2.6 s -> 117 s per message; a 3-round run 89.5 s ->
+    1,490 s), while one CPU each ran 75.1 s idle and 100.4 s beside the loop (README,
+    "What the main job does"). The same trainer outside Ray, 2 threads beside the loop,
+    did not slow down (benchmarks/bench_trainer.py): the cause lies in how the actor
+    runs, which we did not trace further."""
+    config = f"num-supernodes={k} client-resources-num-cpus={int(cfg.simulation.client_cpus)}"
     device = str(cfg.train.device)
     if device == "cpu":
-        return f"num-supernodes={k}"
+        return config
     from pfms_client.trainer import client_gpu_share
 
     gpus = client_gpu_share(device, k)
-    return f"num-supernodes={k}" + (f" client-resources-num-gpus={gpus:g}" if gpus else "")
+    return config + (f" client-resources-num-gpus={gpus:g}" if gpus else "")
 
 
 def main(argv: list[str] | None = None) -> int:

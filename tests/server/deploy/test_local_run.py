@@ -99,3 +99,23 @@ def test_sigterm_stops_the_superlink_it_started(tmp_path, monkeypatch, capsys):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert signal.getsignal(signal.SIGTERM) is before  # the test process's handler is back
+
+
+@pytest.mark.parametrize("extra, cpus", [([], 1), (["simulation.client_cpus=2"], 2)])
+def test_federation_config_gives_each_clientapp_its_ray_cpus(extra, cpus):
+    """What Flower's own parser makes of pfms-run's --federation-config: every scenario a
+    SuperNode, each ClientApp ``simulation.client_cpus`` Ray CPUs (its torch threads)."""
+    from flwr.common.config import parse_config_args
+    from flwr.supercore.utils import simulation_config_from_json
+
+    cfg = local_run.checked_config(" ".join(["dataset.scenarios=[NL,ES,FR]", *extra]))
+    text = local_run.federation_config(cfg, 3)
+    parsed = {k.replace("-", "_"): v for k, v in parse_config_args([text]).items()}
+    sim = simulation_config_from_json(parsed)
+    assert (sim.num_supernodes, sim.client_resources_num_cpus) == (3, cpus)
+    assert not sim.HasField("client_resources_num_gpus")  # train.device=cpu asks Ray for no GPU
+
+
+def test_a_bad_client_cpus_stops_pfms_run_naming_the_key(capsys):
+    assert local_run.main(["--app", str(REPO), "simulation.client_cpus=0"]) == 2
+    assert "simulation.client_cpus" in capsys.readouterr().err
