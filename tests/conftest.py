@@ -48,7 +48,7 @@ def pfms_home(tmp_path_factory) -> Path:
 
 
 # The in-process tests check mechanics (messages, state, equality of two schedules),
-# not learning, so they share one small synthetic data set (4 x 4k train / 2k test
+# not learning, so they share one small synthetic data set (4 x 1,500 train / 1,000 test
 # rows, generated once per session). test_simulation checks learning on the default
 # data (4 x 20k / 10k) with ``LEARNING_DATA``.
 SMALL_DATA: list[str] = ["dataset.generator.rows_train=1500", "dataset.generator.rows_test=1000"]
@@ -56,8 +56,9 @@ LEARNING_DATA: list[str] = []
 
 
 def inprocess_overrides(home: Path, *extra: str, data: list[str] = SMALL_DATA) -> list[str]:
-    """Small, fast settings shared by the in-process federated tests."""
-    return [f"paths.home={home}", *data, *extra]
+    """Small, fast settings shared by the in-process federated tests. No AUC plot (about
+    1 s of matplotlib per run); a test that checks the plot passes ``server.plot=true``."""
+    return [f"paths.home={home}", *data, "server.plot=false", *extra]
 
 
 def run_inprocess(overrides: list[str], run_dir: Path, grid_factory=None, node_extra: dict | None = None):

@@ -168,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         "--disable-runtime-dependency-installation",
         "--host", "127.0.0.1", "--port", str(port), "--log-file", str(log_file),
     ]
+    from .app_stage import stage_app
+
+    stage = flwr_home / "app-stage"
+    shutil.rmtree(stage, ignore_errors=True)  # a previous run's, with --flwr-home
+    staged = stage_app(app, stage)  # the same FAB, without flwr run listing a venv inside the app
     run_cmd = [
-        str(bindir / "flwr"), "run", str(app), CONNECTION, "--stream",
+        str(bindir / "flwr"), "run", str(staged), CONNECTION, "--stream",
         "--federation-config", fed_config,
     ]
     if overrides:

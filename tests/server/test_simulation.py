@@ -16,7 +16,8 @@ def two_runs(pfms_home, tmp_path_factory):
     for i, data in enumerate([LEARNING_DATA, None, None]):
         run_dir = tmp_path_factory.mktemp(f"run{i}")
         extra = {"data": data} if data is not None else {}
-        _, strategy, summary = run_inprocess(inprocess_overrides(pfms_home, "num_rounds=3", **extra), run_dir)
+        plot = f"server.plot={str(i == 0).lower()}"  # run 0's folder is checked whole
+        _, strategy, summary = run_inprocess(inprocess_overrides(pfms_home, "num_rounds=3", plot, **extra), run_dir)
         out.append((run_dir, strategy, summary))
     return out
 

@@ -29,6 +29,7 @@ import torch
 from conftest import REPO, run_inprocess
 from pfms_client.data.synthetic.aliexpress import generate
 from pfms_client.procs import descendants, free_port, reachable, stop_tree
+from pfms_server.deploy.app_stage import stage_app
 from pfms_server.deploy.certs import write_all
 from pfms_server.experiments.inprocess import InProcessGrid
 
@@ -260,7 +261,7 @@ def test_tls_auth_run_drops_bad_replies_survives_a_server_crash_and_matches_inpr
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("deployment")
-def test_killed_supernode_round_completes_and_node_rejoins_with_its_state(deployment):
+def test_killed_supernode_round_completes_and_node_rejoins_with_its_state(deployment, tmp_path):
     """ES's SuperNode dies in round 2: round 2 aggregates NL alone, ES comes back
     (a new process, a new Flower node id) and trains round 3 from its own saved state.
     With one message per round, round 1's evaluation travels in round 2's train message,
@@ -270,7 +271,8 @@ def test_killed_supernode_round_completes_and_node_rejoins_with_its_state(deploy
     env, root = deployment["env"], deployment["root"]
     overrides = " ".join([*RUN, "num_rounds=3", "run_name=faults",
                           "server.round_timeout=120"])
-    run = subprocess.Popen([str(Path(sys.executable).parent / "flwr"), "run", str(REPO), "deploy", "--stream",
+    app = stage_app(REPO, tmp_path / "app")  # this project's FAB, without listing the venv (as pfms-run does)
+    run = subprocess.Popen([str(Path(sys.executable).parent / "flwr"), "run", str(app), "deploy", "--stream",
                             "--run-config", f"overrides='{overrides}'"],
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watchdog = threading.Timer(600, run.kill)  # never hang the suite
