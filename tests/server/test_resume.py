@@ -41,7 +41,8 @@ def _rows(strategy):
 
 @pytest.fixture(scope="module")
 def uninterrupted(pfms_home, tmp_path_factory):
-    base = inprocess_overrides(pfms_home, "num_rounds=4", "eval.splits=[test]")
+    # Two scenarios: a crash and a resume concern the server and each node alike.
+    base = inprocess_overrides(pfms_home, "num_rounds=4", "eval.splits=[test]", "dataset.scenarios=[NL,ES]")
     root = tmp_path_factory.mktemp("full")
     _, full, summary = run_inprocess(base, root / "full", node_extra={"state-dir": str(root / "client-state")})
     return base, full, summary

@@ -51,7 +51,8 @@ def test_nan_reply_is_dropped_and_state_is_unchanged(pfms_home, tmp_path, caplog
 
     with caplog.at_level(logging.WARNING, logger="flwr"):
         grid, strategy, _ = run_inprocess(
-            inprocess_overrides(pfms_home, "num_rounds=3", "eval.splits=[val]"), tmp_path / "r", Snap)
+            inprocess_overrides(pfms_home, "num_rounds=3", "eval.splits=[val]", "dataset.scenarios=[NL,ES]",
+                                "strategy.participation.min_train_nodes=1"), tmp_path / "r", Snap)
     msgs = [r.getMessage() for r in caplog.records]
     assert any("dropping reply" in m and "(ES)" in m and grid.bad_tensor in m and "NaN" in m for m in msgs), msgs
     es_node = next(n for n, s in strategy.node_scenario.items() if s == "ES")
@@ -166,18 +167,19 @@ def test_one_message_per_round_gives_the_metrics_of_separate_evaluate_messages(p
     """Each train message also evaluates the model it brings (the previous round's); one final
     evaluate message ends the run. The metrics, the summary and the trained state equal those of
     the schedule with a separate evaluate message per round, number for number."""
-    overrides = inprocess_overrides(pfms_home, "num_rounds=3", "train.num_threads=1", "server.plot=false",
-                                    "dataset.generator.rows_train=1500", "dataset.generator.rows_test=800", *extra)
+    # Two scenarios: the schedule is per node, and each further node only adds seconds.
+    overrides = inprocess_overrides(pfms_home, "num_rounds=3", "train.num_threads=1", "dataset.scenarios=[NL,ES]",
+                                    *extra)
     runs = {}
     for merged in (False, True):
         monkeypatch.setattr(ScenarioStrategy, "EVAL_WITH_TRAIN", merged)
         runs[merged] = run_inprocess(overrides, tmp_path / f"merged-{merged}", CountingGrid)
     (g_sep, s_sep, sum_sep), (g_one, s_one, sum_one) = runs[False], runs[True]
     every2 = "eval.every=2" in extra
-    assert g_one.sent == [("query", 4), ("train", 4), ("train", 4), ("train", 4), ("evaluate", 4)]
-    evals = [("evaluate", 4)] if not every2 else []
-    assert g_sep.sent == [("query", 4), ("train", 4), *evals, ("train", 4), ("evaluate", 4), ("train", 4),
-                          ("evaluate", 4)]
+    assert g_one.sent == [("query", 2), ("train", 2), ("train", 2), ("train", 2), ("evaluate", 2)]
+    evals = [("evaluate", 2)] if not every2 else []
+    assert g_sep.sent == [("query", 2), ("train", 2), *evals, ("train", 2), ("evaluate", 2), ("train", 2),
+                          ("evaluate", 2)]
     key = lambda r: (r["round"], r["scenario"], r["split"], r["task"])  # noqa: E731
     assert sorted(s_one.rows, key=key) == sorted(s_sep.rows, key=key)
     assert {r["round"] for r in s_one.rows} == ({2, 3} if every2 else {1, 2, 3})
