@@ -1,9 +1,10 @@
 """Real network rounds: pfms-server + 2 pfms-client processes on loopback, TLS and node auth on.
 
 Every process runs as a user would start it (the CLIs, the venv's bin off PATH),
-talks over Flower's Fleet API on HTTPS, and is stopped by pid at the end. The two
-tests share one deployment (one xdist group, so under ``-n`` one worker runs them in
-turn while the others run the in-process tests).
+talks over Flower's Fleet API on HTTPS, and is stopped by pid at the end. One deployed
+run meets every trouble in turn (bad replies, a server crash, a dead node, an intruder):
+each further run would pay Flower's start, a query phase and a first round again (the
+dead-node run alone took 95-115 s as a test of its own).
 
 Two scenario nodes, not four: every behaviour here needs two (a node that fails or
 dies beside one that goes on), and on a 2-core host each further node's processes
@@ -26,10 +27,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_inprocess
+from conftest import run_inprocess
 from pfms_client.data.synthetic.aliexpress import generate
 from pfms_client.procs import descendants, free_port, reachable, stop_tree
-from pfms_server.deploy.app_stage import stage_app
 from pfms_server.deploy.certs import write_all
 from pfms_server.experiments.inprocess import InProcessGrid
 
@@ -157,6 +157,14 @@ def _crash(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def _checkpoint_round(run_dir: Path) -> int:
+    """The last round the server checkpointed (0 before the first; a file being replaced reads as 0)."""
+    try:
+        return int(json.loads((run_dir / "server_state" / "state.json").read_text())["round"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def _state_round(path: Path) -> int:
     try:
         return int(torch.load(path, weights_only=True)["round"])
@@ -164,82 +172,136 @@ def _state_round(path: Path) -> int:
         return 0
 
 
+class _KilledInRound3(InProcessGrid):
+    """In-process stand-in for ES's SuperNode dying in round 3: its train message gets no reply."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trains = 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "train":
+            self.trains += 1
+            if self.trains == 3:
+                es = SCENARIOS.index("ES")  # run_inprocess: partition-id i serves dataset.scenarios[i]
+                messages = [m for m in messages
+                            if self.contexts[m.metadata.dst_node_id].node_config["partition-id"] != es]
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def _stream_until(run: subprocess.Popen, out: list[str], marker: str) -> None:
+    for line in run.stdout:
+        out.append(line)
+        if marker in line:
+            return
+    raise AssertionError(f"{marker!r} never came:\n" + "".join(out)[-3000:])
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("deployment")
-def test_tls_auth_run_drops_bad_replies_survives_a_server_crash_and_matches_inprocess(deployment, tmp_path):
-    """The pfms ServerApp and ClientApp over HTTPS with node auth, in one run that meets
-    three troubles, since every deployed run costs minutes on a 2-core host:
+def test_tls_auth_run_survives_bad_replies_a_server_crash_and_a_dead_node_and_matches_inprocess(deployment, tmp_path):
+    """The pfms ServerApp and ClientApp over HTTPS with node auth, in one 4-round run that meets
+    four troubles, since every deployed run costs minutes on a 2-core host:
 
     - the ClientApp carries a test mod (tests/system/apps/faulty) that spoils tensors of
-      chosen train replies: each is dropped for its round with a log line naming node,
-      scenario and tensors;
+      chosen train replies (ES in round 1, NL in round 2): each is dropped for its round with
+      a log line naming node, scenario and tensors;
     - the SuperLink (and its ServerApp) is SIGKILLed while round 2's training is out and a
       client has already trained it; restarted on its database, the run resubmitted with
       ``resume`` re-sends round 2 and the clients train it from their round-1 state;
+    - ES's SuperNode dies in round 3: the round aggregates NL alone; ES comes back (a new
+      process, a new Flower node id) and trains round 4 from the state it saved in round 2;
     - an unenrolled SuperNode tries to join and is refused.
 
     The run completes and its metrics equal an in-process run of the same seed, config and
-    faults, round for round."""
+    faults in which ES does not answer round 3, round for round."""
     env, root = deployment["env"], deployment["root"]
-    base = [*RUN, "server.round_timeout=120"]
+    base = [*RUN, "num_rounds=4", "server.round_timeout=120"]
     run_config = lambda *extra: f"overrides='{' '.join([*base, *extra])}' faults='{FAULTS}'"  # noqa: E731
     flwr = str(Path(sys.executable).parent / "flwr")
-    run = subprocess.Popen([flwr, "run", str(FAULTY_APP), "deploy", "--stream", "--run-config",
-                            run_config("run_name=deployed")], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-    states = [root / "state" / s / "deployed" / f"{s}.pt" for s in SCENARIOS]
+
+    def submit(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen([flwr, "run", str(FAULTY_APP), "deploy", "--stream", "--run-config",
+                                 run_config(*extra)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    states = {s: root / "state" / s / "deployed" / f"{s}.pt" for s in SCENARIOS}
+    run = submit("run_name=deployed")
     watchdog = threading.Timer(600, run.kill)  # never hang the suite
     watchdog.start()
-    out: list[str] = []
+    first: list[str] = []
     try:
-        for line in run.stdout:
-            out.append(line)
-            if "[ROUND 2/2]" in line:
-                break
+        _stream_until(run, first, "[ROUND 2/4]")
         deadline = time.monotonic() + 120
-        while max(_state_round(p) for p in states) < 2 and time.monotonic() < deadline:
+        while max(_state_round(p) for p in states.values()) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert max(_state_round(p) for p in states) == 2, "".join(out)[-3000:]
+        assert max(_state_round(p) for p in states.values()) == 2, "".join(first)[-3000:]
         _crash(deployment["server"])
         run.kill()
         run.wait(timeout=30)
     finally:
         watchdog.cancel()
-    first = "".join(out)
     run_dir = root / "home" / "runs" / "deployed"
     assert json.loads((run_dir / "server_state" / "state.json").read_text())["round"] == 1
 
     deployment["server"] = deployment["start_server"]("server-restarted")
     _wait_for_control_api(env)
-    resumed = _flwr("run", str(FAULTY_APP), "deploy", "--stream", "--run-config", run_config(f"resume={run_dir}"),
-                    env=env, timeout=600)
-    second = resumed.stdout + resumed.stderr
-    assert resumed.returncode == 0, second[-3000:]
-    assert f"resuming {run_dir} after round 1" in resumed.stdout
+    run = submit(f"resume={run_dir}")
+    watchdog = threading.Timer(600, run.kill)
+    watchdog.start()
+    second: list[str] = []
+    try:
+        # Stop ES's node once it has pulled round 3's train message and before it can answer
+        # (its ClientApp needs seconds). The run's log stream lags, so the server's round-2
+        # checkpoint and the node's own log say when. A SIGKILLed node instead took the
+        # SuperLink's heartbeat timeout to be declared gone: round 3 took 54 s, not 16.
+        es_log, deadline = deployment["logs"] / "ES.log", time.monotonic() + 300
+        while _checkpoint_round(run_dir) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pulled = es_log.read_text().count("Receiving: train message")
+        while es_log.read_text().count("Receiving: train message") == pulled and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop_tree(deployment["clients"]["ES"])
+        # Back at once, as a new node: it cannot join round 3 (sent already) and its start
+        # (data check, imports) overlaps the rest of round 3.
+        deployment["clients"]["ES"] = deployment["start_client"]("ES", "ES-restarted")
+        _stream_until(run, second, "round 3: no usable reply from ES")
+        second.extend(run.stdout)
+        run.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+    log = "".join(second)
+    assert run.returncode == 0, log[-3000:]
+    assert f"resuming {run_dir} after round 1" in log
     assert _last_run_status(env) == "finished:completed"
-    for s, path in zip(SCENARIOS, states):
-        saved = torch.load(path, weights_only=True)
-        assert (saved["round"], saved["rounds_trained"]) == (2, 2), s  # round 2 trained once, from round 1
+    # Round 2 trained once, from round 1 (NL: 1-4, ES: 1, 2 and 4 from its own saved state).
+    saved = {s: torch.load(p, weights_only=True) for s, p in states.items()}
+    assert {s: (v["round"], v["rounds_trained"]) for s, v in saved.items()} == {"NL": (4, 4), "ES": (4, 3)}
 
     # Every spoiled reply is dropped in its round, named by node and scenario, with each
     # of its spoiled tensors.
-    expected = {("1", "ES", first): ["contains NaN or Inf", "shape (", "expected ("],
-                ("2", "NL", second): ["missing tensor", "unexpected tensor", "dtype float64"]}
-    for (rnd, scenario, log), problems in expected.items():
-        line = next((ln for ln in log.splitlines() if f"round {rnd}: dropping reply of node" in ln
+    expected = {("1", "ES", "".join(first)): ["contains NaN or Inf", "shape (", "expected ("],
+                ("2", "NL", log): ["missing tensor", "unexpected tensor", "dtype float64"]}
+    for (rnd, scenario, text), problems in expected.items():
+        line = next((ln for ln in text.splitlines() if f"round {rnd}: dropping reply of node" in ln
                      and f"({scenario})" in ln), None)
-        assert line is not None and all(p in line for p in problems), (rnd, scenario, log[-3000:])
+        assert line is not None and all(p in line for p in problems), (rnd, scenario, text[-3000:])
     trained = json.loads((run_dir / "train_log.json").read_text())
-    assert sorted((r["round"], r["scenario"]) for r in trained) == [(1, "NL"), (2, "ES")]
+    assert sorted((r["round"], r["scenario"]) for r in trained) == [(1, "NL"), (2, "ES"), (3, "NL"), (4, "ES"),
+                                                                     (4, "NL")]
     deployed = _metrics(run_dir / "metrics.csv")
-    assert {k[1] for k in deployed} == set(SCENARIOS) and len(deployed) == 2 * 2 * 2
+    # One message per round: ES's round-2 evaluation travelled in the round-3 message it never answered.
+    assert sorted({k[0] for k in deployed if k[1] == "ES"}) == [1, 3, 4]
+    assert sorted({k[0] for k in deployed if k[1] == "NL"}) == [1, 2, 3, 4]
 
-    # The same seed, config and faults in-process, uninterrupted. Both sides run the same
-    # code on the same rows in the same order with one torch thread (train.num_threads=1),
-    # so the float operations are the same; the only difference is the float32 round trip
-    # of arrays through protobuf, which is exact. Hence a tight tolerance: a real divergence
-    # (another init, order, seed, a round trained twice after the crash, or a bad reply that
-    # leaked in) moves these AUCs by > 1e-3.
+    # The same seed, config and faults in-process, uninterrupted, ES silent in round 3. Both
+    # sides run the same code on the same rows in the same order with one torch thread
+    # (train.num_threads=1), so the float operations are the same; the only difference is
+    # the float32 round trip of arrays through protobuf, which is exact. Hence a tight
+    # tolerance: a real divergence (another init, order, seed, a round trained twice after
+    # the crash, a bad reply that leaked in, ES's state lost in its restart) moves these
+    # AUCs by > 1e-3.
     sys.path.insert(0, str(FAULTY_APP))
     try:
         import faulty_client  # noqa: PLC0415
@@ -247,62 +309,13 @@ def test_tls_auth_run_drops_bad_replies_survives_a_server_crash_and_matches_inpr
         sys.path.remove(str(FAULTY_APP))
 
     def grid(_app, nodes, run_config):
-        return InProcessGrid(faulty_client.app, nodes, {**run_config, "faults": FAULTS})
+        return _KilledInRound3(faulty_client.app, nodes, {**run_config, "faults": FAULTS})
 
     _, strategy, _ = run_inprocess([f"paths.home={tmp_path}", *base], tmp_path / "inproc", grid)
     _assert_same_metrics(deployed, _rows(strategy))
 
     # The unenrolled node never joined: its SuperNode was refused and no reply came from it.
     intruder_log = (deployment["logs"] / "intruder.log").read_text()
-    assert "claims scenario NL" not in first + second
+    assert "claims scenario NL" not in "".join(first) + log
     assert "Failed to activate SuperNode" in intruder_log, intruder_log[-2000:]
     assert deployment["clients"]["intruder"].poll() not in (None, 0)  # it gave up and exited non-zero
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("deployment")
-def test_killed_supernode_round_completes_and_node_rejoins_with_its_state(deployment, tmp_path):
-    """ES's SuperNode dies in round 2: round 2 aggregates NL alone, ES comes back
-    (a new process, a new Flower node id) and trains round 3 from its own saved state.
-    With one message per round, round 1's evaluation travels in round 2's train message,
-    which ES never answered: ES has no round-1 metrics. Round 3's train message evaluates
-    the model ES holds after round 2 (its round-1 state with the server's round-2 tensors)
-    and the final evaluate message round 3, so ES has metrics for rounds 2 and 3."""
-    env, root = deployment["env"], deployment["root"]
-    overrides = " ".join([*RUN, "num_rounds=3", "run_name=faults",
-                          "server.round_timeout=120"])
-    app = stage_app(REPO, tmp_path / "app")  # this project's FAB, without listing the venv (as pfms-run does)
-    run = subprocess.Popen([str(Path(sys.executable).parent / "flwr"), "run", str(app), "deploy", "--stream",
-                            "--run-config", f"overrides='{overrides}'"],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watchdog = threading.Timer(600, run.kill)  # never hang the suite
-    watchdog.start()
-    out, killed, restarted = [], False, False
-    try:
-        for line in run.stdout:
-            out.append(line)
-            if not killed and "[ROUND 2/3]" in line:
-                time.sleep(1.0)  # the round's train messages are out; ES has not replied yet
-                stop_tree(deployment["clients"]["ES"])
-                killed = True
-            if killed and not restarted and "round 2: no usable reply from ES" in line:
-                deployment["clients"]["ES"] = deployment["start_client"]("ES", "ES-restarted")
-                restarted = True
-        run.wait(timeout=60)
-    finally:
-        watchdog.cancel()
-    log = "".join(out)
-    assert run.returncode == 0 and killed and restarted, log[-3000:]
-    assert _last_run_status(env) == "finished:completed"
-
-    run_dir = root / "home" / "runs" / "faults"
-    trained = json.loads((run_dir / "train_log.json").read_text())
-    rounds = {s: sorted(r["round"] for r in trained if r["scenario"] == s) for s in SCENARIOS}
-    assert rounds == {"NL": [1, 2, 3], "ES": [1, 3]}, rounds
-    assert "round 2: no usable reply from ES" in log
-    with (run_dir / "metrics.csv").open() as fh:
-        es_rounds = sorted({int(r["round"]) for r in csv.DictReader(fh) if r["scenario"] == "ES"})
-    assert es_rounds == [2, 3]
-    # ES's local state was reloaded from disk, not rebuilt: it counts both rounds it trained.
-    saved = torch.load(root / "state" / "ES" / "faults" / "ES.pt", weights_only=True)
-    assert saved["rounds_trained"] == 2
