@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.cli.build import get_filtered_fab_paths
@@ -28,7 +29,7 @@ from flwr.supercore.constant import APP_PUBLISH_EXCLUDE_PATTERNS
 _PROBE = "pfms-stage-probe.py"
 
 
-def _folder_filter(app: Path):
+def _folder_filter(app: Path) -> Callable[[str], bool]:
     """``dropped(rel)``: true for a folder (posix path relative to ``app``) that no FAB file can lie under."""
     gitignore = load_gitignore_patterns(app / ".gitignore")
     # With a negation ("!keep.py") git can bring a file back below an ignored name;
