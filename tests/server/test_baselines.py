@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_DATA, run_inprocess
+from conftest import inprocess_overrides, run_inprocess
 from pfms_client.template import classify
 from pfms_server.aggregation.fedamp import attention_weights
 from pfms_server.experiments.inprocess import InProcessGrid
@@ -14,8 +14,7 @@ from pfms_server.experiments.inprocess import InProcessGrid
 # Two scenarios (what each baseline shares, keeps or weighs shows with two nodes) on the
 # in-process tests' small data set.
 SCENARIOS = ("NL", "ES")
-TINY = [*SMALL_DATA, "dataset.scenarios=[NL,ES]", "num_rounds=2", "eval.splits=[test]", "eval.every=2",
-        "server.plot=false"]
+TINY = ["dataset.scenarios=[NL,ES]", "num_rounds=2", "eval.splits=[test]", "eval.every=2"]
 BASELINES = ["fedavg", "fedprox", "fedbn", "fedper", "fedrep", "ditto", "fedamp", "local"]
 
 
@@ -48,7 +47,7 @@ def runs(pfms_home, tmp_path_factory):
     def get(strategy):
         if strategy not in done:
             done[strategy] = run_inprocess(
-                [f"paths.home={pfms_home}", *TINY, f"strategy={strategy}"], root / strategy, RecordingGrid,
+                inprocess_overrides(pfms_home, *TINY, f"strategy={strategy}"), root / strategy, RecordingGrid,
                 node_extra={"state-dir": str(root / "state")})
         return done[strategy]
 

@@ -199,7 +199,6 @@ def _stream_until(run: subprocess.Popen, out: list[str], marker: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("deployment")
 def test_tls_auth_run_survives_bad_replies_a_server_crash_and_a_dead_node_and_matches_inprocess(deployment, tmp_path):
     """The pfms ServerApp and ClientApp over HTTPS with node auth, in one 4-round run that meets
     four troubles, since every deployed run costs minutes on a 2-core host:
@@ -243,7 +242,7 @@ def test_tls_auth_run_survives_bad_replies_a_server_crash_and_a_dead_node_and_ma
     finally:
         watchdog.cancel()
     run_dir = root / "home" / "runs" / "deployed"
-    assert json.loads((run_dir / "server_state" / "state.json").read_text())["round"] == 1
+    assert _checkpoint_round(run_dir) == 1
 
     deployment["server"] = deployment["start_server"]("server-restarted")
     _wait_for_control_api(env)
