@@ -37,10 +37,13 @@ from collections.abc import Sequence
 from typing import Any
 
 # Imported before the first fork, in this order; a library that is not installed is
-# skipped. torch starts no thread at import, so forking after it is safe.
+# skipped. Neither torch nor torch._dynamo starts a thread at import, so forking after
+# them is safe. torch._dynamo: torch imports it on the first optimizer a process builds
+# (``Optimizer.__init__`` runs under ``torch._disable_dynamo``); it was 3 s of CPU in
+# every train message (cProfile of the deployment test's ClientApps).
 WARM_MODULES = (
-    "numpy", "pandas", "pyarrow", "pyarrow.csv", "pyarrow.parquet", "omegaconf", "hydra",
-    "sklearn.metrics", "torch", "torch.nn", "torch.optim",
+    "numpy", "pandas", "pyarrow", "pyarrow.csv", "pyarrow.parquet", "omegaconf", "hydra", "hydra.compose",
+    "sklearn.metrics", "torch", "torch.nn", "torch.optim", "torch._dynamo",
     "flwr.app", "flwr.clientapp", "flwr.supernode.cli",
 )
 
