@@ -23,7 +23,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
@@ -36,6 +36,7 @@ from .template import is_shared_table, shared_parts, uploaded_names  # noqa: E40
 from .threads import choose as choose_threads, ray_actor_cpus  # noqa: E402
 from .local_update import client_mode, ditto_personal_update, fedrep_update, train_config  # noqa: E402
 from .trainer import evaluate, train_local  # noqa: E402
+from .wire import WireError, pack, unpack  # noqa: E402
 
 app = ClientApp()
 SPLITS = ("train", "val", "test")
@@ -186,7 +187,11 @@ class Session:
     def load_received(self, record: ArrayRecord) -> dict[str, torch.Tensor]:
         """Copy the server's tensors into the uploadable groups, after checking them."""
         own = self.uploadable()
-        missing, extra = set(own) - set(record), set(record) - set(own)
+        try:
+            arrays = unpack(record)
+        except WireError as exc:
+            raise UpdateError(f"scenario {self.scenario}: received tensors cannot be read: {exc}") from None
+        missing, extra = set(own) - set(arrays), set(arrays) - set(own)
         if missing or extra:
             raise UpdateError(
                 f"scenario {self.scenario}: received tensors do not match the template "
@@ -194,14 +199,14 @@ class Session:
             )
         received = {}
         for name, target in own.items():
-            arr = record[name].numpy()
+            arr = arrays[name]
             if tuple(arr.shape) != tuple(target.shape):
                 raise UpdateError(f"tensor {name}: shape {arr.shape}, expected {tuple(target.shape)}")
             if arr.dtype != target.numpy().dtype:
                 raise UpdateError(f"tensor {name}: dtype {arr.dtype}, expected {target.numpy().dtype}")
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 raise UpdateError(f"tensor {name}: contains NaN or Inf")
-            received[name] = torch.from_numpy(arr.copy())
+            received[name] = torch.from_numpy(arr)  # unpack's copy
         with torch.no_grad():
             for name, value in received.items():
                 own[name].copy_(value)
@@ -212,9 +217,8 @@ class Session:
 
 
 def to_record(tensors: dict[str, Any]) -> ArrayRecord:
-    """Tensors (or numpy arrays: a shared table's touched rows) as a Flower ArrayRecord."""
-    return ArrayRecord({k: Array(np.require(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v,
-                                            requirements="C")) for k, v in tensors.items()})
+    """Tensors (or numpy arrays: a shared table's touched rows) as one packed ArrayRecord (pfms_client.wire)."""
+    return pack({k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()})
 
 
 def meta(session: Session) -> ConfigRecord:

@@ -76,3 +76,27 @@ def run_inprocess(overrides: list[str], run_dir: Path, grid_factory=None, node_e
     run_dir.mkdir(parents=True, exist_ok=True)
     strategy, summary = run(grid, cfg, run_dir)
     return grid, strategy, summary
+
+
+def forge(record, mutate):
+    """A packed ArrayRecord (pfms_client.wire) whose JSON header ``mutate(header)`` changed
+    in place, the tensor bytes kept: what a faulty or hostile peer could send."""
+    import json
+
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    from pfms_client.wire import ALIGN, KEY
+
+    buf = record[KEY].numpy()
+    n = int.from_bytes(buf[:8].tobytes(), "little")
+    header = json.loads(buf[8:8 + n].tobytes())
+    data = buf[-(-(8 + n) // ALIGN) * ALIGN:]
+    mutate(header)
+    text = json.dumps(header).encode()
+    start = -(-(8 + len(text)) // ALIGN) * ALIGN
+    out = np.zeros(start + data.size, dtype=np.uint8)
+    out[:8] = np.frombuffer(len(text).to_bytes(8, "little"), dtype=np.uint8)
+    out[8:8 + len(text)] = np.frombuffer(text, dtype=np.uint8)
+    out[start:] = data
+    return ArrayRecord({KEY: Array(out)})

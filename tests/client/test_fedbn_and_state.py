@@ -11,6 +11,7 @@ from pfms_client.config import load_config
 from pfms_client.mmoe import build_model
 from pfms_client.state import LocalStateError
 from pfms_client.template import Group, classify, share_key, shared_parts, uploaded_names
+from pfms_client.wire import unpack
 from pfms_server.experiments.inprocess import InProcessGrid
 
 
@@ -25,12 +26,12 @@ class RecordingGrid(InProcessGrid):
         messages = list(messages)
         for m in messages:
             for rec in m.content.array_records.values():
-                self.down.update(rec.keys())
+                self.down.update(unpack(rec))
         replies = super().send_and_receive(messages, timeout=timeout)
         for r in replies:
             assert not r.has_error(), r.error.reason
             for rec in r.content.array_records.values():
-                self.up.update(rec.keys())
+                self.up.update(unpack(rec))
         return replies
 
 
@@ -153,7 +154,7 @@ def test_local_state_survives_rounds_and_node_restarts(pfms_home, tmp_path, task
 
 
 def _arrays(reply):
-    return {k: v.numpy().copy() for k, v in reply.content["arrays"].items()}
+    return unpack(reply.content["arrays"])
 
 
 def test_a_resent_round_trains_from_the_state_before_it(pfms_home, tmp_path, task_identity):

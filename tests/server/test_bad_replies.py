@@ -14,11 +14,14 @@ from __future__ import annotations
 import copy
 import logging
 
+from conftest import forge
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from pfms_client.config import load_config
+from pfms_client.wire import KEY, pack, unpack
 from pfms_server.experiments.inprocess import InProcessGrid
 from pfms_server.aggregation.rules import make_rule
 from pfms_server.aggregation.state import ServerState
@@ -78,8 +81,7 @@ def send(strategy: ScenarioStrategy, grid: InProcessGrid, server_round: int) -> 
 def trained(msg: Message, server_round: int, scenario: str) -> dict[str, np.ndarray]:
     """What a client 'trained': the tensors it was sent plus a seeded step."""
     rng = np.random.default_rng(1000 * server_round + SCENARIOS.index(scenario))
-    return {k: (v.numpy() + 0.05 * rng.normal(size=v.numpy().shape)).astype(v.numpy().dtype)
-            for k, v in msg.content["arrays"].items()}
+    return {k: (v + 0.05 * rng.normal(size=v.shape)).astype(v.dtype) for k, v in unpack(msg.content["arrays"]).items()}
 
 
 def good_parts(msg: Message, server_round: int, scenario: str) -> dict:
@@ -91,7 +93,7 @@ def good_parts(msg: Message, server_round: int, scenario: str) -> dict:
 def build(parts: dict) -> RecordDict:
     content = RecordDict()
     if "arrays" in parts:
-        content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in parts["arrays"].items()})
+        content["arrays"] = pack(parts["arrays"])
     if "metrics" in parts:
         content["metrics"] = MetricRecord(parts["metrics"])
     if "meta" in parts:
@@ -199,10 +201,27 @@ def _without(key):
 
 
 def _undecodable(msg, parts):
-    """Tensor bytes that are no .npy at all (the wire carries whatever a client sends)."""
+    """Packed bytes that are no .npy at all (the wire carries whatever a client sends)."""
     content = build(parts)
-    good = content["arrays"][T]
-    content["arrays"][T] = Array(dtype=good.dtype, shape=tuple(good.shape), stype=good.stype, data=b"not an npy file")
+    good = content["arrays"][KEY]
+    content["arrays"][KEY] = Array(dtype=good.dtype, shape=tuple(good.shape), stype=good.stype, data=b"not an npy file")
+    return Message(content, reply_to=msg)
+
+
+def _forged_offset(msg, parts):
+    """A packed buffer whose header puts a tensor past the buffer's end."""
+    content = build(parts)
+
+    def far(header):
+        next(e for e in header["tensors"] if e["name"] == T)["offset"] = 10**9
+    content["arrays"] = forge(content["arrays"], far)
+    return Message(content, reply_to=msg)
+
+
+def _unpacked(msg, parts):
+    """Tensors as separate Arrays (not pfms's packed format)."""
+    content = build({k: v for k, v in parts.items() if k != "arrays"})
+    content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in parts["arrays"].items()})
     return Message(content, reply_to=msg)
 
 
@@ -238,7 +257,9 @@ CASES = [
     ("no-arrays", spoil(_without("arrays")), ["reply lacks arrays or metrics"]),
     ("no-metrics", spoil(_without("metrics")), ["reply lacks arrays or metrics"]),
     ("arrays-not-an-array-record", _arrays_as_config, ["'arrays' is a ConfigRecord, not an ArrayRecord"]),
-    ("undecodable-tensor", _undecodable, [f"tensor {T}: cannot be decoded"]),
+    ("undecodable-packed-array", _undecodable, ["packed array cannot be decoded"]),
+    ("forged-offset", _forged_offset, [f"tensor {T}: bytes 1000", "lie outside the packed array"]),
+    ("tensors-not-packed", _unpacked, ["expected one packed array 'packed'"]),
     ("claims-another-scenario", spoil(lambda p: p["meta"].update(scenario="FR")),
      ["it says scenario 'FR', the node serves 'ES'"]),
     ("no-meta", spoil(_without("meta")), ["it says scenario '', the node serves 'ES'"]),
@@ -278,8 +299,8 @@ def test_bad_reply_is_dropped_and_state_is_as_if_the_node_had_not_replied(
     # ... and round 3 goes on identically: ES is sent the same tensors by both servers.
     sent_a, sent_b = send(with_bad, grid, 3), send(without, grid, 3)
     for scenario in SCENARIOS:
-        a = {k: v.numpy() for k, v in sent_a[scenario].content["arrays"].items()}
-        b = {k: v.numpy() for k, v in sent_b[scenario].content["arrays"].items()}
+        a = unpack(sent_a[scenario].content["arrays"])
+        b = unpack(sent_b[scenario].content["arrays"])
         assert_same_arrays(a, b, f"round 3 to {scenario}")
     with_bad.aggregate_train(3, replies(sent_a, 3))
     without.aggregate_train(3, replies(sent_b, 3))
@@ -356,7 +377,7 @@ def test_too_few_valid_replies_leave_the_state_unchanged_but_the_round(strategy_
     # Round 3 sends every scenario what round 1 left it.
     sent3 = send(strategy, grid, 3)
     for scenario in SCENARIOS:
-        assert_same_arrays({k: v.numpy() for k, v in sent3[scenario].content["arrays"].items()},
+        assert_same_arrays(unpack(sent3[scenario].content["arrays"]),
                            before.arrays_for(scenario), f"round 3 to {scenario}")
 
 

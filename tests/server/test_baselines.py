@@ -8,6 +8,7 @@ import torch
 
 from conftest import inprocess_overrides, run_inprocess
 from pfms_client.template import classify
+from pfms_client.wire import unpack
 from pfms_server.aggregation.fedamp import attention_weights
 from pfms_server.experiments.inprocess import InProcessGrid
 
@@ -31,9 +32,9 @@ class RecordingGrid(InProcessGrid):
         for r in replies:
             assert not r.has_error(), r.error.reason
         if messages and messages[0].metadata.message_type == "train":
-            self.down.append({m.metadata.dst_node_id: {k: v.numpy().copy() for k, v in m.content["arrays"].items()}
+            self.down.append({m.metadata.dst_node_id: unpack(m.content["arrays"])
                               for m in messages})
-            self.up.append({r.metadata.src_node_id: {k: v.numpy().copy() for k, v in r.content["arrays"].items()}
+            self.up.append({r.metadata.src_node_id: unpack(r.content["arrays"])
                             for r in replies})
         return replies
 

@@ -9,6 +9,7 @@ from flwr.app import Array, ConfigRecord, Message, MessageType, RecordDict
 
 from conftest import inprocess_overrides, run_inprocess
 from pfms_client.client_app import Session
+from pfms_client.wire import pack, unpack
 from pfms_server.experiments.inprocess import InProcessGrid
 from pfms_server.polling_grid import PollingGrid
 from pfms_server.strategy import ScenarioStrategy
@@ -27,11 +28,10 @@ class TamperingGrid(InProcessGrid):
             if TamperingGrid.round == 2:
                 for r in replies:
                     if r.content["meta"]["scenario"] == "ES":
-                        arrays = r.content["arrays"]
+                        arrays = unpack(r.content["arrays"])
                         name = sorted(arrays)[0]
-                        bad = arrays[name].numpy().copy()
-                        bad.flat[0] = np.nan
-                        arrays[name] = Array(bad)
+                        arrays[name].flat[0] = np.nan
+                        r.content["arrays"] = pack(arrays)
                         self.bad_tensor = name
         return replies
 
@@ -45,7 +45,7 @@ def test_nan_reply_is_dropped_and_state_is_unchanged(pfms_home, tmp_path, caplog
             messages = list(messages)
             if messages and messages[0].metadata.message_type == "train":
                 snapshots[TamperingGrid.round + 1] = {
-                    m.metadata.dst_node_id: {k: v.numpy().copy() for k, v in m.content["arrays"].items()}
+                    m.metadata.dst_node_id: unpack(m.content["arrays"])
                     for m in messages}
             return super().send_and_receive(messages, timeout=timeout)
 
@@ -101,7 +101,7 @@ def test_node_restart_keeps_scenario_state(pfms_home, tmp_path, monkeypatch):
         def send_and_receive(self, messages, *, timeout=None):
             messages = list(messages)
             if messages and messages[0].metadata.message_type == "train":
-                train_sent.append({m.metadata.dst_node_id: {k: v.numpy() for k, v in m.content["arrays"].items()}
+                train_sent.append({m.metadata.dst_node_id: unpack(m.content["arrays"])
                                    for m in messages})
             return super().send_and_receive(messages, timeout=timeout)
 

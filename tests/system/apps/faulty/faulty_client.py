@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from pfms_client import client_app as pfms
+from pfms_client.wire import pack, unpack
 
 
-def corrupt(arrays: ArrayRecord, kind: str, index: int = 0) -> str:
+def corrupt(arrays: dict[str, np.ndarray], kind: str, index: int = 0) -> str:
     """Spoil the ``index``-th tensor (by name) of ``arrays`` in place; return its name."""
     name = sorted(arrays)[index]
-    value = arrays[name].numpy().copy()
+    value = arrays[name].copy()
     if kind == "nan":
         value.flat[0] = np.nan
-        arrays[name] = Array(value)
+        arrays[name] = value
     elif kind == "shape":
-        arrays[name] = Array(np.ascontiguousarray(value[..., :1]))
+        arrays[name] = np.ascontiguousarray(value[..., :1])
     elif kind == "dtype":
-        arrays[name] = Array(value.astype(np.float64))
+        arrays[name] = value.astype(np.float64)
     elif kind == "name":
         del arrays[name]
         name += ".renamed"
-        arrays[name] = Array(value)
+        arrays[name] = value
     else:
         raise ValueError(f"unknown fault kind {kind!r}")
     return name
@@ -36,11 +37,14 @@ def faults(msg: Message, context: Context, call_next) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     scenario = str(reply.content["meta"]["scenario"])
     spoiled = 0  # a second fault of the same reply spoils the next tensor
+    arrays = unpack(reply.content["arrays"])  # spoiled before packing, as a faulty client would
     for spec in str(context.run_config.get("faults", "")).split():
         at, who, kind = spec.split(":")
         if int(at) == server_round and who == scenario:
-            corrupt(reply.content["arrays"], kind, spoiled)
+            corrupt(arrays, kind, spoiled)
             spoiled += 1
+    if spoiled:
+        reply.content["arrays"] = pack(arrays)
     return reply
 
 
