@@ -76,16 +76,36 @@ def scenario_of(context: Context, cfg: DictConfig) -> str:
 
 
 def dataset_config(context: Context, cfg: DictConfig) -> DictConfig:
-    ds = OmegaConf.to_container(cfg.dataset, resolve=True)
-    if "data-path" in context.node_config:  # a deployed node reads its own data, never generates it
-        ds["root"], ds["generator"] = str(context.node_config["data-path"]), None
-    return OmegaConf.create(ds)
+    """cfg.dataset, with a deployed node's own data path; read-only, made once per process for
+    each (config, data path): an OmegaConf round trip cost ~36 ms a message, paid by every
+    in-process ClientApp message of a simulation or a test."""
+    path = str(context.node_config["data-path"]) if "data-path" in context.node_config else None
+    memo = (id(cfg), path)
+    if memo not in _DATASET_CONFIGS or _DATASET_CONFIGS[memo][0] is not cfg:
+        ds = OmegaConf.to_container(cfg.dataset, resolve=True)
+        if path is not None:  # a deployed node reads its own data, never generates it
+            ds["root"], ds["generator"] = path, None
+        ds_cfg = OmegaConf.create(ds)
+        OmegaConf.set_readonly(ds_cfg, True)
+        if len(_DATASET_CONFIGS) >= 64:  # a long pfms-compare process meets many configs
+            _DATASET_CONFIGS.pop(next(iter(_DATASET_CONFIGS)))
+        _DATASET_CONFIGS[memo] = (cfg, ds_cfg, json.dumps(ds, sort_keys=True))
+    return _DATASET_CONFIGS[memo][1]
+
+
+# (the config it came from, kept alive so its id stays unique; the dataset config; its JSON)
+_DATASET_CONFIGS: dict[tuple[int, str | None], tuple[DictConfig, DictConfig, str]] = {}
+
+
+def _config_json(ds_cfg: DictConfig) -> str:
+    made = next((m[2] for m in _DATASET_CONFIGS.values() if m[1] is ds_cfg), None)
+    return made if made is not None else json.dumps(OmegaConf.to_container(ds_cfg), sort_keys=True)
 
 
 def scenario_data(ds_cfg: DictConfig, scenario: str, in_memory_max_rows: int) -> ScenarioData:
     """The scenario's prepared store (prepared on first use), mapped; a split of at most
     ``in_memory_max_rows`` rows is read into memory. Once per process; later messages reuse it."""
-    key = json.dumps([OmegaConf.to_container(ds_cfg), scenario, in_memory_max_rows], sort_keys=True)
+    key = json.dumps([_config_json(ds_cfg), scenario, in_memory_max_rows])
     if key not in _DATA:
         data = open_scenario(ds_cfg, scenario)
         small = {s: getattr(data, s).in_memory() for s in SPLITS if len(getattr(data, s)) <= in_memory_max_rows}

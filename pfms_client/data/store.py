@@ -601,6 +601,16 @@ def open_split(folder: Path, split: str, manifest: dict[str, Any]) -> Any:
     )
 
 
+def mapped_rows(folder: Path, split: str, manifest: dict[str, Any]) -> int:
+    """Map one split's arrays as open_split does, without torch; its row count. What
+    pfms-client checks at start: a process that only validates need not import torch."""
+    info = manifest["splits"][split]
+    where = folder / ROWS_DIR / info["source"]
+    arrays = [_load(where / f"{name}.npy") for name in ("x_cat", "x_num", "y")]
+    index = _load(folder / SPLITS_DIR / f"{split}.npy") if info["index"] else None
+    return len(index) if index is not None else len(arrays[2])
+
+
 def open_store(folder: Path, settings: DatasetSettings, scenario: str) -> Any:
     """A prepared store as ScenarioData whose splits are memory-mapped (StoreSplit)."""
     from .tensors import ScenarioData

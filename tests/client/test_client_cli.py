@@ -109,6 +109,20 @@ def test_valid_data_passes_the_same_check(dataset, capsys, listening, no_superno
     assert len(no_supernode) == 1
 
 
+def test_the_start_check_maps_the_store_without_importing_torch(dataset, tmp_path):
+    """pfms-client validates and maps the store at start; importing torch there cost every
+    start seconds of CPU, paid again by the prefork parent and each ClientApp."""
+    import subprocess
+
+    code = ("import sys; from pfms_client.client_cli import validate_data; "
+            f"validate_data('NL', __import__('pathlib').Path({str(dataset)!r}), ''); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PFMS_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["pfms-client: NL: 180 train / 20 val / 100 test rows OK", "False"]
+
+
 def test_clientapps_fork_from_a_warm_superexec_unless_asked_otherwise(dataset, capsys, listening, no_supernode):
     """Default: the SuperNode runs with --isolation process and pfms_client.prefork is its
     SuperExec on the SuperNode's runtime port; --executor subprocess is Flower's own."""

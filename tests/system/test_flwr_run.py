@@ -64,7 +64,7 @@ def test_flwr_run_completes_and_writes_the_run_folder(tmp_path):
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p).resolve() != venv_bin)
     env = {**os.environ, "PFMS_HOME": str(home), "PATH": path}
     cmd = [sys.executable, "-m", "pfms_server.deploy.local_run", "--app", str(REPO), "--flwr-home", str(flwr_home),
-           "num_rounds=2", "run_name=flwr-run-test", "dataset.generator.rows_train=3000",
+           "num_rounds=2", "run_name=flwr-run-test", "dataset.scenarios=[NL,ES]", "dataset.generator.rows_train=3000",
            "dataset.generator.rows_test=1000", "eval.splits=[test]"]
     proc = _pfms_run(cmd, env, timeout=420)
     out = proc.stdout + proc.stderr
@@ -75,13 +75,16 @@ def test_flwr_run_completes_and_writes_the_run_folder(tmp_path):
     run_dir = home / "runs" / "flwr-run-test"
     with (run_dir / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 * 4 * 2  # rounds x scenarios x tasks (test split)
-    assert {r["scenario"] for r in rows} == {"NL", "ES", "FR", "US"}
+    # Two scenarios: pfms-run's job (its SuperLink, the federation config, the log, the
+    # status, the cleanup) is the same for any number; each further Ray actor costs ~6 s
+    # of CPU to import torch. README command 1 runs the default four.
+    assert len(rows) == 2 * 2 * 2  # rounds x scenarios x tasks (test split)
+    assert {r["scenario"] for r in rows} == {"NL", "ES"}
     assert all(0.0 <= float(r["auc"]) <= 1.0 for r in rows)
     assert (run_dir / "auc.png").is_file()
     # each scenario's model, and beside it what scoring needs (pfms-score)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
-        [f"{s}.pt" for s in ("ES", "FR", "NL", "US")] + [f"{s}.encoding" for s in ("ES", "FR", "NL", "US")])
+        [f"{s}.pt" for s in ("ES", "NL")] + [f"{s}.encoding" for s in ("ES", "NL")])
     assert json.loads((run_dir / "server_state" / "state.json").read_text())["round"] == 2
     # Flower installed nothing at run time, and every process we started is gone.
     assert "uv sync" not in out
