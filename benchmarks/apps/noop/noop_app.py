@@ -37,6 +37,24 @@ def _send(grid: Grid, nodes: list[int], message_type: str, payload: np.ndarray |
     return replies
 
 
+def _answering_nodes(grid: Grid, want: int) -> list[int]:
+    """The first ``want`` nodes that answer a query (the query phase is not timed).
+
+    bench_deploy restarts the SuperNodes just before this run; a stopped node stays listed
+    until the SuperLink's heartbeat timeout, and a message to it fails "Node Unavailable".
+    Once pfms's run got faster, the floor run started inside that window."""
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= want:
+            msgs = [Message(RecordDict({"config": ConfigRecord({"x": 1})}), message_type=MessageType.QUERY,
+                            dst_node_id=n) for n in nodes]
+            alive = sorted(r.metadata.src_node_id for r in grid.send_and_receive(msgs, timeout=600)
+                           if not r.has_error())
+            if len(alive) >= want:
+                return alive[:want]
+        time.sleep(1.0)
+
+
 @server.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
@@ -49,9 +67,7 @@ def main(grid: Grid, context: Context) -> None:
 
         grid = PollingGrid(grid, poll)
     payload = np.zeros(int(cfg["payload-floats"]), dtype=np.float32)
-    while len(nodes := sorted(grid.get_node_ids())) < want:
-        time.sleep(1.0)
-    _send(grid, nodes, MessageType.QUERY, None)
+    nodes = _answering_nodes(grid, want)
     for r in range(1, rounds + 1):
         log(INFO, "[ROUND %s/%s]", r, rounds)
         _send(grid, nodes, MessageType.TRAIN, payload)
