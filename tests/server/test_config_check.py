@@ -205,7 +205,9 @@ def test_every_shipped_composition_passes_and_every_key_has_a_rule(overrides):
 
 
 def _arms() -> dict[str, list[str]]:
-    """Every arm of every arms file (with the file's common overrides), one entry per distinct list."""
+    """Every arm of every arms file (with the file's common overrides), one entry per distinct list.
+    The test below composes each through load_run_config, as pfms-compare does: it is also what
+    shows that every shipped arms file composes (test_compare's dry run covers the plan itself)."""
     out: dict[str, list[str]] = {}
     for name in _options("compare"):
         spec = load_arms(name)

@@ -216,14 +216,6 @@ def test_dry_run_composes_and_runs_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", ["default", "baselines", "full", "mu", "conflict"])
-def test_every_shipped_arms_file_composes(name, tmp_path, capsys):
-    assert main(["--arms", name, "--seeds", "1", "--dry-run", "--out", str(tmp_path / "plan"),
-                 f"paths.home={tmp_path}"]) == 0
-    arms = load_arms(name).arms
-    assert f"{len(arms)} arms x 1 seeds" in capsys.readouterr().out
-
-
 def test_mu_arms_set_the_proximal_weight_each_run_uses():
     from pfms_client.local_update import train_config
     from pfms_server.experiments.compare import compose
