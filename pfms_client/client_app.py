@@ -81,7 +81,7 @@ def dataset_config(context: Context, cfg: DictConfig) -> DictConfig:
     in-process ClientApp message of a simulation or a test."""
     path = str(context.node_config["data-path"]) if "data-path" in context.node_config else None
     memo = (id(cfg), path)
-    if memo not in _DATASET_CONFIGS or _DATASET_CONFIGS[memo][0] is not cfg:
+    if memo not in _DATASET_CONFIGS:  # the entry keeps cfg alive, so its id names no other config
         ds = OmegaConf.to_container(cfg.dataset, resolve=True)
         if path is not None:  # a deployed node reads its own data, never generates it
             ds["root"], ds["generator"] = path, None

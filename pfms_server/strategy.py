@@ -42,15 +42,6 @@ from .polling_grid import PollingGrid
 MAX_REASON_CHARS = 300  # a client's error reason is cut to this in round results
 
 
-def to_record(arrays: Arrays) -> ArrayRecord:
-    """Named arrays as one packed Array (pfms_client.wire: 5 Flower objects a message, not 51)."""
-    return pack(arrays)
-
-
-def from_record(record: ArrayRecord) -> Arrays:
-    return unpack(record)
-
-
 TIMING_FIELDS = ("start", "import", "config", "data", "model", "train", "evaluate")
 
 
@@ -186,7 +177,7 @@ class ScenarioStrategy(Strategy):
                 self.node_scenario[node] = scenario
                 if self.state.init is None and "arrays" in reply.content:
                     try:
-                        candidates[scenario] = (node, from_record(reply.content["arrays"]))
+                        candidates[scenario] = (node, unpack(reply.content["arrays"]))
                     except WireError as exc:
                         log(WARNING, "node %d (%s): its initial tensors cannot be read: %s", node, scenario, exc)
             if self.state.init is None and candidates:
@@ -207,7 +198,8 @@ class ScenarioStrategy(Strategy):
             cfg = dict(config)
             if self.run_dir is not None:
                 cfg["run-key"] = self.run_dir.name
-            content = RecordDict({"arrays": to_record(arrays), "config": ConfigRecord(cfg)})
+            # one packed Array (pfms_client.wire): 5 Flower objects a message, not 51
+            content = RecordDict({"arrays": pack(arrays), "config": ConfigRecord(cfg)})
             out.append(Message(content, message_type=message_type, dst_node_id=node))
         return out
 
@@ -316,7 +308,7 @@ class ScenarioStrategy(Strategy):
         w = np.array([float(counts[s]) for s in with_bce])
         w = w / w.max() if with_bce else w
         mean_bce = float(np.dot(w, [metrics[s]["train_bce"] for s in with_bce]) / w.sum()) if with_bce else float("nan")
-        return to_record(self.state.global_arrays), MetricRecord({"train_bce": mean_bce, "clients": len(uploads)})
+        return pack(self.state.global_arrays), MetricRecord({"train_bce": mean_bce, "clients": len(uploads)})
 
     def _reply_scenario(self, msg: Message, server_round: int, phase: str) -> str | None:
         """The scenario a reply speaks for; None (logged) for an error, a stranger or a wrong claim."""

@@ -586,29 +586,26 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / MANIFEST).read_text())
 
 
-def open_split(folder: Path, split: str, manifest: dict[str, Any]) -> Any:
-    """One split, mapped: its source's arrays and, for a part of a source, its row numbers."""
-    from .batches import StoreSplit
-
+def _mapped_split(folder: Path, split: str, manifest: dict[str, Any]) -> dict[str, np.ndarray | None]:
+    """One split's arrays, mapped: its source's x_cat, x_num, y and, for a part of a source, its row numbers."""
     info = manifest["splits"][split]
     where = folder / ROWS_DIR / info["source"]
-    return StoreSplit(
-        x_cat=_load(where / "x_cat.npy"),
-        x_num=_load(where / "x_num.npy"),
-        y=_load(where / "y.npy"),
-        index=_load(folder / SPLITS_DIR / f"{split}.npy") if info["index"] else None,
-        rates=manifest["label_rates"][split],
-    )
+    return {"x_cat": _load(where / "x_cat.npy"), "x_num": _load(where / "x_num.npy"), "y": _load(where / "y.npy"),
+            "index": _load(folder / SPLITS_DIR / f"{split}.npy") if info["index"] else None}
+
+
+def open_split(folder: Path, split: str, manifest: dict[str, Any]) -> Any:
+    """One split, mapped, as a StoreSplit (read per batch)."""
+    from .batches import StoreSplit
+
+    return StoreSplit(**_mapped_split(folder, split, manifest), rates=manifest["label_rates"][split])
 
 
 def mapped_rows(folder: Path, split: str, manifest: dict[str, Any]) -> int:
     """Map one split's arrays as open_split does, without torch; its row count. What
     pfms-client checks at start: a process that only validates need not import torch."""
-    info = manifest["splits"][split]
-    where = folder / ROWS_DIR / info["source"]
-    arrays = [_load(where / f"{name}.npy") for name in ("x_cat", "x_num", "y")]
-    index = _load(folder / SPLITS_DIR / f"{split}.npy") if info["index"] else None
-    return len(index) if index is not None else len(arrays[2])
+    arrays = _mapped_split(folder, split, manifest)
+    return len(arrays["index"] if arrays["index"] is not None else arrays["y"])
 
 
 def open_store(folder: Path, settings: DatasetSettings, scenario: str) -> Any:

@@ -23,14 +23,18 @@ server = ServerApp()
 client = ClientApp()
 
 
-def _send(grid: Grid, nodes: list[int], message_type: str, payload: np.ndarray | None) -> list[Message]:
+def _messages(nodes: list[int], message_type: str, payload: np.ndarray | None) -> list[Message]:
     out = []
     for node in nodes:
         content = RecordDict({"config": ConfigRecord({"x": 1})})
         if payload is not None:
             content["arrays"] = ArrayRecord({"w": Array(payload)})
         out.append(Message(content, message_type=message_type, dst_node_id=node))
-    replies = list(grid.send_and_receive(out, timeout=600))
+    return out
+
+
+def _send(grid: Grid, nodes: list[int], message_type: str, payload: np.ndarray | None) -> list[Message]:
+    replies = list(grid.send_and_receive(_messages(nodes, message_type, payload), timeout=600))
     failed = [r.error.reason for r in replies if r.has_error()]
     if len(replies) != len(nodes) or failed:
         raise RuntimeError(f"{message_type}: {len(replies)} of {len(nodes)} replies, errors {failed}")
@@ -46,10 +50,8 @@ def _answering_nodes(grid: Grid, want: int) -> list[int]:
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= want:
-            msgs = [Message(RecordDict({"config": ConfigRecord({"x": 1})}), message_type=MessageType.QUERY,
-                            dst_node_id=n) for n in nodes]
-            alive = sorted(r.metadata.src_node_id for r in grid.send_and_receive(msgs, timeout=600)
-                           if not r.has_error())
+            replies = grid.send_and_receive(_messages(nodes, MessageType.QUERY, None), timeout=600)
+            alive = sorted(r.metadata.src_node_id for r in replies if not r.has_error())
             if len(alive) >= want:
                 return alive[:want]
         time.sleep(1.0)
