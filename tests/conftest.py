@@ -8,7 +8,10 @@ works in every folder; test file names are unique across folders."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,12 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
 torch.set_num_threads(1)
+
+# Nothing a test runs writes to the user's ~/.pfms (data, runs, the composed-config cache):
+# the pfms_home fixture points PFMS_HOME at its own folder; until then, this one.
+_SESSION_HOME = tempfile.mkdtemp(prefix="pfms-tests-")
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
+os.environ["PFMS_HOME"] = _SESSION_HOME
 
 # Paths every test folder uses (tests/client/data/... and tests/system/... alike).
 REPO = Path(__file__).resolve().parent.parent
