@@ -114,10 +114,16 @@ def _compose_key(args: list[str]) -> tuple:
             (_CACHE_FORMAT, hydra.__version__, omegaconf.__version__))
 
 
+def pfms_home() -> Path:
+    """$PFMS_HOME, else ~/.pfms: conf/config.yaml's default paths.home, for what must be
+    found before (or without) a composed config: the prepared stores' default root and
+    this module's cache."""
+    return Path(os.environ.get("PFMS_HOME") or Path.home() / ".pfms")
+
+
 def cache_dir() -> Path:
     """Where composed configs are kept between processes."""
-    home = os.environ.get("PFMS_HOME") or str(Path(os.environ.get("HOME") or Path.home()) / ".pfms")
-    return Path(home) / "cache" / "config"
+    return pfms_home() / "cache" / "config"
 
 
 def _cache_file(key: tuple) -> Path:

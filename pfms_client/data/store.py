@@ -77,8 +77,9 @@ def store_root(settings: DatasetSettings) -> Path:
     """``dataset.store_dir``, else ``$PFMS_HOME/prepared`` (``~/.pfms/prepared``)."""
     if settings.store_dir is not None:
         return Path(settings.store_dir)
-    home = os.environ.get("PFMS_HOME") or str(Path.home() / ".pfms")
-    return Path(home) / "prepared"
+    from ..config import pfms_home  # lazily: importing the store needs no Hydra
+
+    return pfms_home() / "prepared"
 
 
 def sources(settings: DatasetSettings, scenario: str) -> dict[str, Path]:
