@@ -55,6 +55,12 @@ SCENARIOS = ["NL", "ES", "FR", "US"]
 PARTS = ("start", "import", "config", "data", "model", "train", "evaluate")
 
 
+# How long restart_clients keeps starting a refused node. Flower 1.42's SuperLink lets a
+# node that did not deactivate go after 2 missed heartbeats of 30 s (HEARTBEAT_PATIENCE,
+# HEARTBEAT_DEFAULT_INTERVAL in flwr.common.constant): about 60 s, 180 s on a loaded host.
+ACTIVATION_WAIT_S = 180.0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=4, help="SuperNodes, one scenario each (1-4; default 4)")
@@ -110,21 +116,41 @@ class Deployment:
                 raise RuntimeError(reg.stdout + reg.stderr)
         self.start_clients(self.client_args)
 
-    def start_clients(self, extra: list[str]) -> None:
-        self.clients = [
-            self._start(s, "-m", "pfms_client.client_cli", "--scenario", s, "--data", str(self.data),
-                        "--superlink", f"127.0.0.1:{self.port}", "--root-certificates", str(self.certs / "ca.crt"),
-                        "--auth-key", str(self.certs / "supernodes" / f"{s}.key"),
-                        "--state-dir", str(self.root / "state" / s), "--flwr-home", str(self.root / f"flwr-{s}"),
-                        *extra)
-            for s in self.scenarios]
+    def _start_client(self, s: str, extra: list[str], log_name: str) -> subprocess.Popen:
+        return self._start(log_name, "-m", "pfms_client.client_cli", "--scenario", s, "--data", str(self.data),
+                           "--superlink", f"127.0.0.1:{self.port}", "--root-certificates",
+                           str(self.certs / "ca.crt"), "--auth-key", str(self.certs / "supernodes" / f"{s}.key"),
+                           "--state-dir", str(self.root / "state" / s), "--flwr-home",
+                           str(self.root / f"flwr-{s}"), *extra)
 
-    def restart_clients(self, extra: list[str]) -> None:
-        """The same nodes (same keys) again, started with ``extra`` options."""
+    def start_clients(self, extra: list[str], suffix: str = "") -> None:
+        self.clients = [self._start_client(s, extra, s + suffix) for s in self.scenarios]
+
+    def _activations(self) -> int:
+        return (self.logs / "server.log").read_text(errors="replace").count("[Fleet.ActivateNode] Activated")
+
+    def restart_clients(self, extra: list[str], timeout: float = ACTIVATION_WAIT_S) -> None:
+        """The same nodes (same keys) again, started with ``extra`` options, once the SuperLink
+        has let each in. A SuperNode stopped while busy may not deactivate: the SuperLink then
+        counts it online until its heartbeats run out, and refuses a new SuperNode with its
+        key ('Failed to activate SuperNode', exit 305). Such a node is started again, up to
+        ``timeout`` seconds, instead of leaving the next run waiting for it forever."""
         for proc in self.clients:
             stop_tree(proc)
             self.procs.remove(proc)
-        self.start_clients(extra)
+        before = self._activations()
+        self.start_clients(extra, "-restarted")
+        deadline = time.monotonic() + timeout
+        while self._activations() < before + len(self.clients):
+            for i, proc in enumerate(self.clients):
+                if proc.poll() is not None:  # refused: try again
+                    self.procs.remove(proc)
+                    self.clients[i] = self._start_client(self.scenarios[i], extra,
+                                                         f"{self.scenarios[i]}-restarted")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"restarted nodes not let in by the SuperLink within {timeout:g} s; logs in "
+                                   f"{self.logs}")
+            time.sleep(1.0)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
