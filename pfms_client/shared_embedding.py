@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .template import TOUCHED_PARTS, shared_table_name, touched_names
+from .template import TOUCHED_PARTS, shared_table_name, touched_names, unsigned_for
 
 OOV_ROW = 0  # the row every node's out-of-vocabulary index (0) maps to
 
@@ -130,15 +130,19 @@ def touched_upload(tables: Mapping[str, Any], counts: Mapping[str, Any]) -> dict
     (``counts`` > 0), their counts and their values; rows nobody looked up stay home.
 
     ``tables``: tensor name (``shared_embedding.<field>.weight``) -> table [R, d];
-    ``counts``: the same names -> looked-up rows per row [R] (int64)."""
+    ``counts``: the same names -> looked-up rows per row [R] (integers >= 0).
+
+    Rows go as ``unsigned_for(R - 1)``, counts as ``unsigned_for(largest count)``: exact,
+    and a quarter of int64's bytes for default tables (pfms_client.template)."""
     out: dict[str, np.ndarray] = {}
     for name, table in tables.items():
         weight = np.asarray(table.detach().cpu().numpy() if hasattr(table, "detach") else table)
         count = np.asarray(counts[name].detach().cpu().numpy() if hasattr(counts[name], "detach") else counts[name])
-        rows = np.flatnonzero(count > 0).astype(np.int64)
+        rows = np.flatnonzero(count > 0)
+        touched = count[rows]
         parts = touched_names(name)
-        out[parts["rows"]] = rows
-        out[parts["counts"]] = count[rows].astype(np.int64)
+        out[parts["rows"]] = rows.astype(unsigned_for(len(count) - 1))
+        out[parts["counts"]] = touched.astype(unsigned_for(int(touched.max()) if len(touched) else 0))
         out[parts["values"]] = np.ascontiguousarray(weight[rows])
     return out
 

@@ -51,9 +51,22 @@ class TensorRole:
 
 
 SHARED_EMBEDDING_PREFIX = "shared_embedding"
-# What a node answers for one shared table: the touched row numbers (int64), how many
-# trained rows used each (int64, >= 1) and those rows' values (the table's dtype).
+# What a node answers for one shared table: the touched row numbers, how many trained rows
+# used each (>= 1) and those rows' values (the table's dtype). The two integer parts travel in
+# the smallest unsigned type that holds them exactly (``unsigned_for``): rows in the one that
+# indexes the whole table (both sides know the table, so that type is fixed), counts in the
+# one that holds the upload's largest count. A touched row of a default 16,385-row, 8-wide
+# float32 table then costs 2 + 2 + 32 bytes instead of int64's 8 + 8 + 32: 36 bytes, not 48.
 TOUCHED_PARTS = ("rows", "counts", "values")
+UNSIGNED_TYPES = ("uint8", "uint16", "uint32", "uint64")
+
+
+def unsigned_for(largest: int) -> str:
+    """The smallest numpy unsigned integer type (by name) that holds 0..``largest``."""
+    for name in UNSIGNED_TYPES:
+        if 0 <= largest < 2 ** int(name[4:]):  # "uint16" -> 16 bits
+            return name
+    raise ValueError(f"{largest}: not an integer in [0, 2**64)")
 
 
 def shared_table_name(field: str) -> str:

@@ -23,7 +23,8 @@ from pfms_client.template import Group, classify, is_shared_table, touched_names
 
 from .state import Arrays, ServerState
 
-# One client's answer for one table: (rows int64 [r], counts int64 [r], values [r, d]).
+# One client's answer for one table: (rows [r], counts [r], values [r, d]); rows and counts
+# unsigned integers (pfms_client.template.unsigned_for).
 Touched = tuple[np.ndarray, np.ndarray, np.ndarray]
 Aggregate = Callable[[ServerState, Mapping[str, Arrays], Mapping[str, int]], ServerState]
 
@@ -42,7 +43,7 @@ def touched_row_mean(table: np.ndarray, uploads: Sequence[Touched]) -> np.ndarra
     weights = np.zeros(table.shape[0], dtype=np.float64)
     for rows, counts, values in uploads:
         rows = np.asarray(rows, dtype=np.int64)
-        w = np.asarray(counts, dtype=np.float64)
+        w = np.asarray(counts, dtype=np.float64)  # exact: a count below 2**53
         if len(np.unique(rows)) != len(rows):
             raise ValueError("an upload lists a row twice")
         sums[rows] += w[:, None] * np.asarray(values, dtype=np.float64)

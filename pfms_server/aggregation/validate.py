@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from pfms_client.template import is_shared_table, touched_names
+from pfms_client.template import is_shared_table, touched_names, unsigned_for
 
 
 def upload_problems(received: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]) -> list[str]:
@@ -41,18 +41,21 @@ def upload_problems(received: Mapping[str, np.ndarray], expected: Mapping[str, n
 
 def touched_problems(table: str, received: Mapping[str, np.ndarray], sent: np.ndarray) -> list[str]:
     """The touched-row answer for the shared table ``table`` (``sent``: the table the node got):
-    rows int64 [r], distinct and inside the table; counts int64 [r], each >= 1; values [r, d] of
-    the table's dtype, finite. Empty (r = 0) when no trained row looked the table up."""
+    rows [r] of the unsigned type that indexes the table (``unsigned_for(size - 1)``), distinct
+    and inside it; counts [r] of an unsigned type, each >= 1; values [r, d] of the table's
+    dtype, finite. Empty (r = 0) when no trained row looked the table up."""
     names = touched_names(table)
     missing = [n for n in names.values() if n not in received]
     if missing:
         return [f"missing tensor {n}" for n in missing]
     rows, counts, values = (received[names[p]] for p in ("rows", "counts", "values"))
     size, dim = sent.shape
-    if rows.dtype != np.int64 or rows.ndim != 1:
-        return [f"tensor {names['rows']}: expected int64 [r], got {rows.dtype} {rows.shape}"]
-    if counts.dtype != np.int64 or counts.shape != rows.shape:
-        return [f"tensor {names['counts']}: expected int64 {rows.shape}, got {counts.dtype} {counts.shape}"]
+    index = np.dtype(unsigned_for(size - 1))
+    if rows.dtype != index or rows.ndim != 1:
+        return [f"tensor {names['rows']}: expected {index} [r], got {rows.dtype} {rows.shape}"]
+    if counts.dtype.kind != "u" or counts.shape != rows.shape:
+        return [f"tensor {names['counts']}: expected unsigned integers {rows.shape}, got {counts.dtype} "
+                f"{counts.shape}"]
     if values.dtype != sent.dtype or values.shape != (len(rows), dim):
         return [f"tensor {names['values']}: expected {sent.dtype} {(len(rows), dim)}, got {values.dtype} {values.shape}"]
     if len(rows) and (rows.min() < 0 or rows.max() >= size):

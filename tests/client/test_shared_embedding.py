@@ -21,6 +21,7 @@ from pfms_client.shared_embedding import (
     measured_collision_rate,
     touched_upload,
 )
+from pfms_client.template import unsigned_for
 from pfms_client.trainer import TrainConfig, train_local
 
 MODEL = OmegaConf.create({"embed_dim": 4, "template": {"global": 1, "scenario": 1, "task": 1},
@@ -147,8 +148,11 @@ def test_touched_counts_are_a_bincount_of_the_trained_rows_and_the_upload_holds_
         np.testing.assert_array_equal(up[f"shared_embedding.{field}.counts"], counts[name].numpy()[rows])
         np.testing.assert_array_equal(up[f"shared_embedding.{field}.values"], tables[name].numpy()[rows])
         assert up[f"shared_embedding.{field}.counts"].sum() == 96 and len(rows) < 51
+        # 51 rows index in a byte, and no count passes 96
+        assert rows.dtype == np.uint8 and up[f"shared_embedding.{field}.counts"].dtype == np.uint8
         # touched rows moved
-        assert not torch.equal(tables[name][torch.as_tensor(rows)], before[name][torch.as_tensor(rows)])
+        at = torch.as_tensor(rows.astype(np.int64))  # torch reads a uint8 index as a mask
+        assert not torch.equal(tables[name][at], before[name][at])
     assert set(up) == {f"shared_embedding.{f}.{p}" for f in ("item", "year") for p in ("rows", "counts", "values")}
 
 
@@ -166,3 +170,24 @@ def test_enabled_without_declared_fields_is_refused():
         SharedEmbeddings(True, 8, 0).bucket_maps(FIELDS, (), [np.arange(3)] * 3)
     assert SharedEmbeddings.from_strategy({"shared_embeddings": {"enabled": False, "buckets": 8,
                                                                   "hash_seed": 0}}).bucket_maps(FIELDS, ["item"], None) == {}
+
+
+def test_touched_integers_travel_in_the_smallest_exact_unsigned_type():
+    assert [unsigned_for(n) for n in (0, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1)] == [
+        "uint8", "uint8", "uint16", "uint16", "uint32", "uint32", "uint64", "uint64"]
+    for bad in (-1, 2**64):
+        with pytest.raises(ValueError, match="not an integer in"):
+            unsigned_for(bad)
+    # a default table (16,384 buckets + the OOV row) with one row looked up 70,000 times
+    count = np.zeros(16385, np.int64)
+    count[[0, 7, 16384]] = [3, 70_000, 1]
+    table = np.arange(16385 * 2, dtype=np.float32).reshape(16385, 2)
+    up = touched_upload({"shared_embedding.item.weight": table}, {"shared_embedding.item.weight": count})
+    rows, counts = up["shared_embedding.item.rows"], up["shared_embedding.item.counts"]
+    assert rows.dtype == np.uint16 and counts.dtype == np.uint32
+    assert rows.tolist() == [0, 7, 16384] and counts.tolist() == [3, 70_000, 1]  # exact
+    np.testing.assert_array_equal(up["shared_embedding.item.values"], table[[0, 7, 16384]])
+    assert sum(a.nbytes for a in up.values()) == 3 * (2 + 4 + 2 * 4)
+    empty = touched_upload({"shared_embedding.item.weight": table},
+                           {"shared_embedding.item.weight": np.zeros(16385, np.int64)})
+    assert [a.shape[0] for a in empty.values()] == [0, 0, 0] and empty["shared_embedding.item.rows"].dtype == np.uint16

@@ -12,8 +12,9 @@ NAME = "shared_embedding.item_id.weight"
 
 
 def touched(rows, counts, values, field="item_id"):
-    return {f"shared_embedding.{field}.rows": np.array(rows, dtype=np.int64),
-            f"shared_embedding.{field}.counts": np.array(counts, dtype=np.int64),
+    """A touched-row answer for TABLE (6 rows: uint8 row numbers), counts as given (uint16 unless an array)."""
+    return {f"shared_embedding.{field}.rows": np.array(rows).astype(np.uint8),
+            f"shared_embedding.{field}.counts": counts if isinstance(counts, np.ndarray) else np.array(counts, np.uint16),
             f"shared_embedding.{field}.values": np.array(values, dtype=np.float32).reshape(len(rows), 2)}
 
 
@@ -46,17 +47,21 @@ def test_no_touched_rows_leave_the_table_unchanged():
     (touched([1, 9], [1, 1], [[0, 0], [0, 0]]), "rows outside [0, 6)"),
     (touched([-1], [1], [[0, 0]]), "rows outside [0, 6)"),
     (touched([1, 1], [1, 1], [[0, 0], [0, 0]]), "a row is listed twice"),
-    (touched([1, 2], [1, -3], [[0, 0], [0, 0]]), "counts must be >= 1"),
+    (touched([1, 2], np.array([1, -3]), [[0, 0], [0, 0]]), "counts: expected unsigned integers (2,), got int64"),
     (touched([1, 2], [1, 0], [[0, 0], [0, 0]]), "counts must be >= 1"),
     (touched([1], [1], [[np.nan, 0]]), "contains NaN or Inf"),
     ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.values": np.zeros((1, 3), np.float32)},
      "shared_embedding.item_id.values: expected float32 (1, 2)"),
     ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.values": np.zeros((1, 2), np.float64)},
      "shared_embedding.item_id.values: expected float32 (1, 2)"),
-    ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.rows": np.array([1], np.int32)},
-     "shared_embedding.item_id.rows: expected int64 [r]"),
-    ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.counts": np.array([1, 1], np.int64)},
-     "shared_embedding.item_id.counts: expected int64 (1,)"),
+    ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.rows": np.array([1], np.int64)},
+     "shared_embedding.item_id.rows: expected uint8 [r], got int64"),
+    ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.rows": np.array([1], np.uint16)},
+     "shared_embedding.item_id.rows: expected uint8 [r], got uint16"),
+    ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.counts": np.array([1, 1], np.uint16)},
+     "shared_embedding.item_id.counts: expected unsigned integers (1,), got uint16 (2,)"),
+    ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.counts": np.array([1.0], np.float32)},
+     "shared_embedding.item_id.counts: expected unsigned integers (1,), got float32"),
     ({k: v for k, v in touched([1], [1], [[0, 0]]).items() if not k.endswith("counts")},
      "missing tensor shared_embedding.item_id.counts"),
 ])
