@@ -163,6 +163,7 @@ class Session:
             state_dir = str(Path(str(state_dir)) / str(run_key or context.run_id))
         self.local = LocalState(context.state, self.scenario, state_dir)
         self._store, self._state_dir = context.state, state_dir
+        self.received: dict[str, torch.Tensor] | None = None  # the server's tensors of this message
 
     def shared_fields(self) -> tuple[str, ...]:
         """dataset.schema.shared_fields, as names (the YAML may give a {prefix, start, count} range)."""
@@ -202,7 +203,12 @@ class Session:
         if not tables:
             return own
         counts = self.model.touched_counts()
-        return {**{n: t for n, t in own.items() if n not in tables}, **touched_upload(tables, counts)}
+        sent = None
+        if SharedEmbeddings.from_strategy(self.cfg.strategy).sends_deltas:
+            if self.received is None:
+                raise UpdateError(f"scenario {self.scenario}: float16-delta upload without the tables received")
+            sent = {n: self.received[n] for n in tables}
+        return {**{n: t for n, t in own.items() if n not in tables}, **touched_upload(tables, counts, sent)}
 
     def load_received(self, record: ArrayRecord) -> dict[str, torch.Tensor]:
         """Copy the server's tensors into the uploadable groups, after checking them."""
@@ -230,6 +236,7 @@ class Session:
         with torch.no_grad():
             for name, value in received.items():
                 own[name].copy_(value)
+        self.received = received  # what float16-delta uploads are the change from
         return received
 
     def seed(self, server_round: int) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import ConfigError
-from .template import SHAREABLE
+from .template import SHAREABLE, VALUE_ENCODINGS
 
 # What the client code accepts; tests/server/test_config_check.py checks these equal the
 # constants of the modules that use them (local_update.MODES, client_app.SPLITS and
@@ -272,6 +272,7 @@ CLIENT_RULES: dict[str, Rule] = {
     "strategy.shared_embeddings.enabled": boolean(),
     "strategy.shared_embeddings.buckets": integer(1),
     "strategy.shared_embeddings.hash_seed": integer(0),
+    "strategy.shared_embeddings.values": one_of(VALUE_ENCODINGS),
 }
 
 

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .template import TOUCHED_PARTS, shared_table_name, touched_names, unsigned_for
+from .template import DELTA_PART, TOUCHED_PARTS, VALUE_ENCODINGS, shared_table_name, touched_names, unsigned_for
 
 OOV_ROW = 0  # the row every node's out-of-vocabulary index (0) maps to
 
@@ -92,16 +92,24 @@ class SharedEmbeddings:
     enabled: bool = False
     buckets: int = 0
     hash_seed: int = 0
+    values: str = VALUE_ENCODINGS[0]  # how touched rows travel: float32 values or float16 deltas
 
     @classmethod
     def from_strategy(cls, strategy: Mapping[str, Any]) -> "SharedEmbeddings":
         node = strategy.get("shared_embeddings")
         if node is None or not bool(node["enabled"]):
             return cls()
-        out = cls(True, int(node["buckets"]), int(node["hash_seed"]))
+        out = cls(True, int(node["buckets"]), int(node["hash_seed"]), str(node.get("values", VALUE_ENCODINGS[0])))
         if out.buckets < 1:
             raise ValueError(f"strategy.shared_embeddings.buckets={out.buckets}: expected an integer >= 1")
+        if out.values not in VALUE_ENCODINGS:
+            raise ValueError(f"strategy.shared_embeddings.values={out.values!r}: expected one of "
+                             f"{list(VALUE_ENCODINGS)}")
         return out
+
+    @property
+    def sends_deltas(self) -> bool:
+        return self.enabled and self.values == "float16-delta"
 
     @property
     def rows(self) -> int:
@@ -125,7 +133,12 @@ class SharedEmbeddings:
         return {f: bucket_map(f, vocabularies[position[f]], self.buckets, self.hash_seed) for f in shared_fields}
 
 
-def touched_upload(tables: Mapping[str, Any], counts: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _numpy(x: Any) -> np.ndarray:
+    return np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+
+
+def touched_upload(tables: Mapping[str, Any], counts: Mapping[str, Any],
+                   received: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """A node's answer for its shared tables: per table, the rows trained batches looked up
     (``counts`` > 0), their counts and their values; rows nobody looked up stay home.
 
@@ -133,17 +146,25 @@ def touched_upload(tables: Mapping[str, Any], counts: Mapping[str, Any]) -> dict
     ``counts``: the same names -> looked-up rows per row [R] (integers >= 0).
 
     Rows go as ``unsigned_for(R - 1)``, counts as ``unsigned_for(largest count)``: exact,
-    and a quarter of int64's bytes for default tables (pfms_client.template)."""
+    and a quarter of int64's bytes for default tables (pfms_client.template).
+
+    ``received``: the same names -> the tables as the server sent them this round. Given,
+    each touched row goes as its change (``deltas``, float16) instead of its value
+    (``strategy.shared_embeddings.values: float16-delta``). A round's change is small,
+    so float16's 11 significant bits lose about 5e-4 of it, not of the value."""
     out: dict[str, np.ndarray] = {}
     for name, table in tables.items():
-        weight = np.asarray(table.detach().cpu().numpy() if hasattr(table, "detach") else table)
-        count = np.asarray(counts[name].detach().cpu().numpy() if hasattr(counts[name], "detach") else counts[name])
+        weight, count = _numpy(table), _numpy(counts[name])
         rows = np.flatnonzero(count > 0)
         touched = count[rows]
         parts = touched_names(name)
         out[parts["rows"]] = rows.astype(unsigned_for(len(count) - 1))
         out[parts["counts"]] = touched.astype(unsigned_for(int(touched.max()) if len(touched) else 0))
-        out[parts["values"]] = np.ascontiguousarray(weight[rows])
+        if received is None:
+            out[parts["values"]] = np.ascontiguousarray(weight[rows])
+        else:
+            change = weight[rows].astype(np.float64) - _numpy(received[name])[rows]
+            out[parts[DELTA_PART]] = change.astype(np.float16)
     return out
 
 

@@ -58,6 +58,12 @@ SHARED_EMBEDDING_PREFIX = "shared_embedding"
 # one that holds the upload's largest count. A touched row of a default 16,385-row, 8-wide
 # float32 table then costs 2 + 2 + 32 bytes instead of int64's 8 + 8 + 32: 36 bytes, not 48.
 TOUCHED_PARTS = ("rows", "counts", "values")
+# ``strategy.shared_embeddings.values: float16-delta`` sends, instead of ``values``, each
+# touched row's change this round (its value minus the row as the node received it) as
+# float16: 16 bytes instead of 32 for an 8-wide row. The server adds it to the row it sent.
+# A reply names the part it carries, so the server reads either.
+DELTA_PART = "deltas"
+VALUE_ENCODINGS = ("float32", "float16-delta")
 UNSIGNED_TYPES = ("uint8", "uint16", "uint32", "uint64")
 
 
@@ -74,9 +80,10 @@ def shared_table_name(field: str) -> str:
 
 
 def touched_names(table: str) -> dict[str, str]:
-    """The names of a shared table's touched-row upload, by part (rows, counts, values)."""
+    """The names of a shared table's touched-row upload, by part (rows, counts, values, and
+    deltas, which a float16-delta reply carries instead of values)."""
     unit = table.rpartition(".")[0]
-    return {part: f"{unit}.{part}" for part in TOUCHED_PARTS}
+    return {part: f"{unit}.{part}" for part in (*TOUCHED_PARTS, DELTA_PART)}
 
 
 def is_shared_table(name: str) -> bool:

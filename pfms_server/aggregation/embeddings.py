@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from pfms_client.template import Group, classify, is_shared_table, touched_names
+from pfms_client.template import DELTA_PART, Group, classify, is_shared_table, touched_names
 
 from .state import Arrays, ServerState
 
@@ -53,18 +53,32 @@ def touched_row_mean(table: np.ndarray, uploads: Sequence[Touched]) -> np.ndarra
     return out
 
 
-def split_touched(upload: Arrays) -> tuple[Arrays, dict[str, Touched]]:
-    """(every other tensor, shared table name -> its touched rows) of one client's upload."""
+def split_touched(upload: Arrays) -> tuple[Arrays, dict[str, tuple[Touched, bool]]]:
+    """(every other tensor, shared table name -> (its touched rows, whether the third part
+    holds float16 deltas rather than values)) of one client's upload."""
     rest = {n: a for n, a in upload.items() if classify(n).group is not Group.SHARED_EMBEDDING}
-    tables: dict[str, Touched] = {}
+    tables: dict[str, tuple[Touched, bool]] = {}
     for name in upload:
         role = classify(name)
         if role.group is Group.SHARED_EMBEDDING:
             table = f"{role.unit}.weight"
             if table not in tables:
                 parts = touched_names(table)
-                tables[table] = (upload[parts["rows"]], upload[parts["counts"]], upload[parts["values"]])
+                delta = parts[DELTA_PART] in upload
+                third = upload[parts[DELTA_PART] if delta else parts["values"]]
+                tables[table] = ((upload[parts["rows"]], upload[parts["counts"]], third), delta)
     return rest, tables
+
+
+def absolute(answer: Touched, delta: bool, sent: np.ndarray) -> Touched:
+    """A touched-row answer with values: float16 deltas are added (in float64) to the rows as
+    ``sent``, the table every node received this round."""
+    rows, counts, third = answer
+    if not delta:
+        return answer
+    at = np.asarray(rows, dtype=np.int64)
+    sent = np.asarray(sent)
+    return rows, counts, (sent[at].astype(np.float64) + np.asarray(third, dtype=np.float64)).astype(sent.dtype)
 
 
 def with_shared_embeddings(aggregate: Aggregate) -> Aggregate:
@@ -74,7 +88,7 @@ def with_shared_embeddings(aggregate: Aggregate) -> Aggregate:
 
     def run(state: ServerState, uploads: Mapping[str, Arrays], num_examples: Mapping[str, int]) -> ServerState:
         rest: dict[str, Arrays] = {}
-        touched: dict[str, list[Touched]] = {}
+        touched: dict[str, list[tuple[Touched, bool]]] = {}
         for scenario in sorted(uploads):
             rest[scenario], tables = split_touched(uploads[scenario])
             for table, answer in tables.items():
@@ -88,7 +102,7 @@ def with_shared_embeddings(aggregate: Aggregate) -> Aggregate:
                 current = (state.init or {}).get(table)
             if current is None:
                 raise ValueError(f"{table}: no such shared table in the server state")
-            new.global_arrays[table] = touched_row_mean(current, answers)
+            new.global_arrays[table] = touched_row_mean(current, [absolute(a, d, current) for a, d in answers])
         return new
 
     return run
@@ -98,4 +112,4 @@ def shared_tables(arrays: Arrays) -> list[str]:
     return sorted(n for n in arrays if is_shared_table(n))
 
 
-__all__ = ["Touched", "shared_tables", "split_touched", "touched_row_mean", "with_shared_embeddings"]
+__all__ = ["Touched", "absolute", "shared_tables", "split_touched", "touched_row_mean", "with_shared_embeddings"]

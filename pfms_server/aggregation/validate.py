@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from pfms_client.template import is_shared_table, touched_names, unsigned_for
+from pfms_client.template import DELTA_PART, is_shared_table, touched_names, unsigned_for
 
 
 def upload_problems(received: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]) -> list[str]:
@@ -42,13 +42,17 @@ def upload_problems(received: Mapping[str, np.ndarray], expected: Mapping[str, n
 def touched_problems(table: str, received: Mapping[str, np.ndarray], sent: np.ndarray) -> list[str]:
     """The touched-row answer for the shared table ``table`` (``sent``: the table the node got):
     rows [r] of the unsigned type that indexes the table (``unsigned_for(size - 1)``), distinct
-    and inside it; counts [r] of an unsigned type, each >= 1; values [r, d] of the table's
-    dtype, finite. Empty (r = 0) when no trained row looked the table up."""
+    and inside it; counts [r] of an unsigned type, each >= 1; and either values [r, d] of the
+    table's dtype or deltas [r, d] of float16, finite. Empty (r = 0) when no trained row
+    looked the table up."""
     names = touched_names(table)
-    missing = [n for n in names.values() if n not in received]
-    if missing:
-        return [f"missing tensor {n}" for n in missing]
-    rows, counts, values = (received[names[p]] for p in ("rows", "counts", "values"))
+    missing = [names[p] for p in ("rows", "counts") if names[p] not in received]
+    carried = [p for p in ("values", DELTA_PART) if names[p] in received]
+    if missing or len(carried) != 1:
+        return [f"missing tensor {n}" for n in missing] + (
+            [] if len(carried) == 1 else [f"tensor {names['values']}: expected it or {names[DELTA_PART]}, "
+                                          f"got {'both' if carried else 'neither'}"])
+    rows, counts, values = (received[names[p]] for p in ("rows", "counts", carried[0]))
     size, dim = sent.shape
     index = np.dtype(unsigned_for(size - 1))
     if rows.dtype != index or rows.ndim != 1:
@@ -56,8 +60,9 @@ def touched_problems(table: str, received: Mapping[str, np.ndarray], sent: np.nd
     if counts.dtype.kind != "u" or counts.shape != rows.shape:
         return [f"tensor {names['counts']}: expected unsigned integers {rows.shape}, got {counts.dtype} "
                 f"{counts.shape}"]
-    if values.dtype != sent.dtype or values.shape != (len(rows), dim):
-        return [f"tensor {names['values']}: expected {sent.dtype} {(len(rows), dim)}, got {values.dtype} {values.shape}"]
+    want = np.dtype(np.float16) if carried[0] == DELTA_PART else sent.dtype
+    if values.dtype != want or values.shape != (len(rows), dim):
+        return [f"tensor {names[carried[0]]}: expected {want} {(len(rows), dim)}, got {values.dtype} {values.shape}"]
     if len(rows) and (rows.min() < 0 or rows.max() >= size):
         return [f"tensor {names['rows']}: rows outside [0, {size})"]
     if len(np.unique(rows)) != len(rows):
@@ -65,7 +70,7 @@ def touched_problems(table: str, received: Mapping[str, np.ndarray], sent: np.nd
     if len(counts) and counts.min() < 1:
         return [f"tensor {names['counts']}: counts must be >= 1 (a touched row), got {int(counts.min())}"]
     if values.dtype.kind == "f" and not np.isfinite(values).all():
-        return [f"tensor {names['values']}: contains NaN or Inf"]
+        return [f"tensor {names[carried[0]]}: contains NaN or Inf"]
     return []
 
 

@@ -191,3 +191,32 @@ def test_touched_integers_travel_in_the_smallest_exact_unsigned_type():
     empty = touched_upload({"shared_embedding.item.weight": table},
                            {"shared_embedding.item.weight": np.zeros(16385, np.int64)})
     assert [a.shape[0] for a in empty.values()] == [0, 0, 0] and empty["shared_embedding.item.rows"].dtype == np.uint16
+
+
+def test_float16_delta_upload_sends_each_touched_rows_change():
+    rng = np.random.default_rng(3)
+    received = rng.normal(0, 0.1, (300, 8)).astype(np.float32)
+    trained = received.copy()
+    count = np.zeros(300, np.int64)
+    count[[4, 9, 299]] = [2, 1, 500]
+    trained[[4, 9, 299]] += rng.normal(0, 1e-3, (3, 8)).astype(np.float32)
+    name = "shared_embedding.item.weight"
+    up = touched_upload({name: torch.from_numpy(trained)}, {name: torch.from_numpy(count)},
+                        {name: torch.from_numpy(received)})
+    assert set(up) == {"shared_embedding.item.rows", "shared_embedding.item.counts", "shared_embedding.item.deltas"}
+    deltas = up["shared_embedding.item.deltas"]
+    assert deltas.dtype == np.float16 and deltas.shape == (3, 8)
+    change = trained[[4, 9, 299]].astype(np.float64) - received[[4, 9, 299]]
+    np.testing.assert_array_equal(deltas, change.astype(np.float16))
+    # float16 keeps 11 significant bits of the change: the value is back to within 1e-3 of the change
+    back = received[[4, 9, 299]] + deltas.astype(np.float64)
+    assert np.abs(back - trained[[4, 9, 299]]).max() <= 1e-3 * np.abs(change).max()
+    assert sum(a.nbytes for a in up.values()) == 3 * (2 + 2 + 8 * 2)  # uint16 rows (300 > 255), uint16 counts
+
+
+def test_the_values_encoding_is_checked():
+    node = {"enabled": True, "buckets": 8, "hash_seed": 0}
+    assert not SharedEmbeddings.from_strategy({"shared_embeddings": node}).sends_deltas  # float32 by default
+    assert SharedEmbeddings.from_strategy({"shared_embeddings": {**node, "values": "float16-delta"}}).sends_deltas
+    with pytest.raises(ValueError, match="strategy.shared_embeddings.values='bf16': expected one of"):
+        SharedEmbeddings.from_strategy({"shared_embeddings": {**node, "values": "bf16"}})

@@ -113,7 +113,7 @@ def test_shared_embedding_names_and_when_they_travel():
     assert role.group is Group.SHARED_EMBEDDING and role.unit == "shared_embedding.item_id" and not role.is_bn
     assert is_shared_table("shared_embedding.item_id.weight") and not is_shared_table("shared_embedding.item_id.rows")
     assert touched_names("shared_embedding.item_id.weight") == {
-        p: f"shared_embedding.item_id.{p}" for p in ("rows", "counts", "values")}
+        p: f"shared_embedding.item_id.{p}" for p in ("rows", "counts", "values", "deltas")}
     switch = {"enabled": True, "buckets": 8, "hash_seed": 0}
     pf = {"share": list(PF), "algorithm": "pfmsmtrec", "shared_embeddings": switch}
     assert shares_embeddings(pf) and "shared_embedding" in shared_parts(pf)

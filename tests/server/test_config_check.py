@@ -82,6 +82,8 @@ BAD = [  # (overrides, the message starts with)
     ("eval.splits=[]", "eval.splits=[]: expected a non-empty list of distinct items"),
     ("eval.splits=[test,test]", "eval.splits=['test', 'test']: expected a non-empty list of distinct items"),
     ("strategy.share=[global,bogus]", "strategy.share[1]='bogus': expected one of ['global', 'scenario'"),
+    ("strategy.shared_embeddings.values=bf16",
+     "strategy.shared_embeddings.values='bf16': expected one of ['float32', 'float16-delta']"),
     ("dataset.numeric_transform=minmax", "dataset.numeric_transform: 'minmax' is not one of"),
     # types: a bool, float or string where an integer is expected, and the like
     ("train.local_epochs=true", "train.local_epochs=true: expected an integer >= 1"),

@@ -41,11 +41,13 @@ def test_switch_off_gives_the_numbers_of_the_code_before_it(pfms_home, tmp_path)
     assert {r["upload_bytes"] for r in strat.train_log} == {182280}  # no new tensor travels
 
 
-@pytest.mark.parametrize("strategy", ["pfmsmtrec"])  # fedavg: with_shared_embeddings(fedavg_round), unit-tested
-def test_switch_on_every_node_ends_with_the_same_shared_rows(pfms_home, tmp_path, strategy):
+# fedavg: with_shared_embeddings(fedavg_round), unit-tested; values: float32 values or float16 changes
+@pytest.mark.parametrize("strategy, values", [("pfmsmtrec", "float32"), ("pfmsmtrec", "float16-delta")])
+def test_switch_on_every_node_ends_with_the_same_shared_rows(pfms_home, tmp_path, strategy, values):
     grid, strat, summary = run_inprocess(
         [f"paths.home={pfms_home}", *TINY, f"strategy={strategy}", "strategy.shared_embeddings.enabled=true",
-         "strategy.shared_embeddings.buckets=512"], tmp_path / strategy, _recording_grid())
+         "strategy.shared_embeddings.buckets=512", f"strategy.shared_embeddings.values={values}"],
+        tmp_path / values, _recording_grid())
     assert summary["status"] == "completed" and summary["aggregated_rounds"] == [1, 2]
     (down1, down2), (up1, _) = grid.down, grid.up
     tables = sorted(n for n in next(iter(down1.values())) if is_shared_table(n))
@@ -58,9 +60,14 @@ def test_switch_on_every_node_ends_with_the_same_shared_rows(pfms_home, tmp_path
         unit = table.rpartition(".")[0]
         sums, weights = np.zeros((513, 8)), np.zeros(513)
         for node in nodes:  # uploads carry only touched rows, with their counts
-            rows, counts, values = (up1[node][f"{unit}.{p}"] for p in ("rows", "counts", "values"))
+            third = "values" if values == "float32" else "deltas"
+            rows, counts, sent = (up1[node][f"{unit}.{p}"] for p in ("rows", "counts", third))
             assert table not in up1[node] and 0 < len(rows) < 513 and counts.min() >= 1
-            sums[rows] += counts[:, None] * values
+            assert f"{unit}.{'deltas' if third == 'values' else 'values'}" not in up1[node]
+            if third == "deltas":  # the change from the table this node received
+                assert sent.dtype == np.float16
+                sent = down1[node][table][rows] + sent.astype(np.float64)
+            sums[rows] += counts[:, None] * sent
             weights[rows] += counts
         touched = weights > 0
         expect = down1[nodes[0]][table].copy()

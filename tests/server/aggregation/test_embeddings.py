@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pfms_server.aggregation import touched_problems, touched_row_mean, upload_problems, with_shared_embeddings
+from pfms_server.aggregation.embeddings import absolute
 from pfms_server.aggregation.fedavg import fedavg_round
 from pfms_server.aggregation.state import ServerState
 
@@ -43,6 +44,12 @@ def test_no_touched_rows_leave_the_table_unchanged():
     np.testing.assert_array_equal(touched_row_mean(TABLE, [empty, empty]), TABLE)
 
 
+def deltas(rows, counts, change):
+    """A float16-delta answer for TABLE: the same rows and counts, the change instead of the values."""
+    out = {k: v for k, v in touched(rows, counts, np.zeros((len(rows), 2))).items() if not k.endswith("values")}
+    return {**out, "shared_embedding.item_id.deltas": change}
+
+
 @pytest.mark.parametrize("upload, message", [
     (touched([1, 9], [1, 1], [[0, 0], [0, 0]]), "rows outside [0, 6)"),
     (touched([-1], [1], [[0, 0]]), "rows outside [0, 6)"),
@@ -64,6 +71,12 @@ def test_no_touched_rows_leave_the_table_unchanged():
      "shared_embedding.item_id.counts: expected unsigned integers (1,), got float32"),
     ({k: v for k, v in touched([1], [1], [[0, 0]]).items() if not k.endswith("counts")},
      "missing tensor shared_embedding.item_id.counts"),
+    ({**touched([1], [1], [[0, 0]]), "shared_embedding.item_id.deltas": np.zeros((1, 2), np.float16)},
+     "shared_embedding.item_id.values: expected it or shared_embedding.item_id.deltas, got both"),
+    ({k: v for k, v in touched([1], [1], [[0, 0]]).items() if not k.endswith("values")},
+     "shared_embedding.item_id.values: expected it or shared_embedding.item_id.deltas, got neither"),
+    (deltas([1], [1], np.zeros((1, 2), np.float32)), "shared_embedding.item_id.deltas: expected float16 (1, 2)"),
+    (deltas([1], [1], np.full((1, 2), np.inf, np.float16)), "shared_embedding.item_id.deltas: contains NaN or Inf"),
 ])
 def test_bad_touched_uploads_are_one_clear_line(upload, message):
     problems = touched_problems(NAME, upload, TABLE)
@@ -96,3 +109,22 @@ def test_with_shared_embeddings_aggregates_tables_beside_the_rule():
     np.testing.assert_array_equal(state.global_arrays[NAME], TABLE)  # the old state is kept
     assert set(new.arrays_for("A")) == {g, NAME}
     np.testing.assert_array_equal(new.arrays_for("A")[NAME], new.arrays_for("B")[NAME])
+
+
+def test_float16_deltas_are_added_to_the_rows_as_sent_then_averaged_with_values():
+    """One node sends values, the other float16 deltas: the server reads each as it says."""
+    g = "experts.global.0.layers.0.linear.bias"
+    state = ServerState()
+    state.global_arrays = {NAME: TABLE.copy(), g: np.zeros(2, np.float32)}
+    change = np.array([[0.5, -0.25], [1.0, 2.0]], np.float16)
+    uploads = {"A": {**touched([1, 3], [3, 1], [[10.0, 20.0], [1.0, 1.0]]), g: np.ones(2, np.float32)},
+               "B": {**deltas([1, 4], [1, 2], change), g: np.ones(2, np.float32)}}
+    assert all(upload_problems(u, {NAME: TABLE, g: np.zeros(2, np.float32)}) == [] for u in uploads.values())
+    out = with_shared_embeddings(fedavg_round)(state, uploads, {"A": 1, "B": 1}).global_arrays[NAME]
+    # B's row 1 = TABLE[1] + [0.5, -0.25] = [2.5, 2.75]; row 1 = (3 * [10, 20] + 1 * [2.5, 2.75]) / 4
+    np.testing.assert_allclose(out[1], [(30 + 2.5) / 4, (60 + 2.75) / 4], rtol=1e-6)
+    np.testing.assert_array_equal(out[3], [1.0, 1.0])
+    np.testing.assert_array_equal(out[4], TABLE[4] + [1.0, 2.0])  # B alone: the row it sent plus its change
+    np.testing.assert_array_equal(out[[0, 2, 5]], TABLE[[0, 2, 5]])
+    rows, counts, values = absolute((np.array([4], np.uint8), np.array([2], np.uint8), change[1:]), True, TABLE)
+    assert values.dtype == np.float32 and rows.tolist() == [4] and counts.tolist() == [2]
