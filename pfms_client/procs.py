@@ -94,11 +94,33 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def stop_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process and its descendants, then SIGKILL what is left."""
+def catches(pid: int, sig: int) -> bool | None:
+    """Whether process ``pid`` has a handler installed for ``sig`` (Linux's /proc; None where
+    that cannot be read)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def stop_tree(proc: subprocess.Popen, grace: float = 10.0, *, spare_exiting: bool = False) -> None:
+    """SIGTERM the process and its descendants, then SIGKILL what is left after ``grace`` seconds.
+
+    ``spare_exiting``: the process is a Flower daemon (SuperNode, SuperLink), whose SIGTERM
+    handler starts a graceful exit and puts the default handler back. If it no longer
+    catches SIGTERM, a signal has reached it already (a whole process group or cgroup was
+    stopped: systemd, a test's stop_tree), so it is only waited for: a second SIGTERM would
+    kill it before it deactivates its node, and the SuperLink would then count the node
+    online, wait for its replies and refuse its restart until its heartbeats run out (60 s)."""
     pids = [proc.pid, *descendants(proc.pid)]
+    exiting = spare_exiting and proc.poll() is None and catches(proc.pid, signal.SIGTERM) is False
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
+            if exiting and sig == signal.SIGTERM and pid == proc.pid:
+                continue
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -137,7 +159,7 @@ def run_foreground(cmd: list[str], env: dict[str, str],
             signal.signal(s, h)
         codes = [p.poll() for p in procs]
         for p in reversed(procs):
-            stop_tree(p)
+            stop_tree(p, spare_exiting=p is proc)
     if stopping["flag"]:
         return 0
     return next((int(c) for c in codes if c), 0)
