@@ -131,10 +131,12 @@ class Deployment:
 
     def restart_clients(self, extra: list[str], timeout: float = ACTIVATION_WAIT_S) -> None:
         """The same nodes (same keys) again, started with ``extra`` options, once the SuperLink
-        has let each in. A SuperNode stopped while busy may not deactivate: the SuperLink then
-        counts it online until its heartbeats run out, and refuses a new SuperNode with its
-        key ('Failed to activate SuperNode', exit 305). Such a node is started again, up to
-        ``timeout`` seconds, instead of leaving the next run waiting for it forever."""
+        has let each in. A SuperNode that did not deactivate (killed before its graceful exit
+        ended; pfms-client's own second SIGTERM did that until pfms_client.procs spared it)
+        counts as online until its heartbeats run out, and the SuperLink refuses a new
+        SuperNode with its key ('Failed to activate SuperNode', exit 305). Such a node is
+        started again, up to ``timeout`` seconds, instead of leaving the next run waiting
+        for it forever."""
         for proc in self.clients:
             stop_tree(proc)
             self.procs.remove(proc)

@@ -63,7 +63,7 @@ def touched_problems(table: str, received: Mapping[str, np.ndarray], sent: np.nd
     want = np.dtype(np.float16) if carried[0] == DELTA_PART else sent.dtype
     if values.dtype != want or values.shape != (len(rows), dim):
         return [f"tensor {names[carried[0]]}: expected {want} {(len(rows), dim)}, got {values.dtype} {values.shape}"]
-    if len(rows) and (rows.min() < 0 or rows.max() >= size):
+    if len(rows) and rows.max() >= size:  # unsigned (checked above): never below 0
         return [f"tensor {names['rows']}: rows outside [0, {size})"]
     if len(np.unique(rows)) != len(rows):
         return [f"tensor {names['rows']}: a row is listed twice"]
