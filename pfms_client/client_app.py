@@ -31,7 +31,7 @@ from .config import load_config  # noqa: E402
 from .data import ScenarioData, open_scenario  # noqa: E402
 from .mmoe import MMoE, build_model  # noqa: E402
 from .state import LocalState, atomic_torch_save  # noqa: E402
-from .shared_embedding import SharedEmbeddings, touched_upload  # noqa: E402
+from .shared_embedding import Pending, SharedEmbeddings, add_pending, capped_upload, touched_upload  # noqa: E402
 from .template import is_shared_table, shared_parts, uploaded_names  # noqa: E402
 from .threads import choose as choose_threads, ray_actor_cpus  # noqa: E402
 from .local_update import client_mode, ditto_personal_update, fedrep_update, train_config  # noqa: E402
@@ -164,6 +164,9 @@ class Session:
         self.local = LocalState(context.state, self.scenario, state_dir)
         self._store, self._state_dir = context.state, state_dir
         self.received: dict[str, torch.Tensor] | None = None  # the server's tensors of this message
+        self.shared = SharedEmbeddings.from_strategy(strat)
+        # strategy.shared_embeddings.upload_cap: the shared rows' changes not sent yet, per round
+        self.pending = LocalState(context.state, f"{self.scenario}+pending", state_dir)
 
     def shared_fields(self) -> tuple[str, ...]:
         """dataset.schema.shared_fields, as names (the YAML may give a {prefix, start, count} range)."""
@@ -195,20 +198,39 @@ class Session:
         sd = self.model.state_dict()
         return {n: sd[n] for n in self.upload}
 
-    def trained_upload(self) -> dict[str, Any]:
+    def add_pending(self, before_round: int | None) -> None:
+        """With an upload cap, add the shared rows' changes this node has not sent yet (as of
+        the round before ``before_round``) back onto the tables just received."""
+        if not self.shared.capped:
+            return
+        kept = self.pending.load(before_round)
+        tables = {n: t for n, t in self.uploadable().items() if is_shared_table(n)}
+        if kept:
+            add_pending(tables, {n: p for n in tables if (p := Pending.from_arrays(kept, n)) is not None})
+
+    def trained_upload(self, server_round: int) -> dict[str, Any]:
         """What a train reply carries: the uploadable tensors, each shared table replaced by
-        the rows this round's trained batches looked up (with their counts)."""
+        the rows this round's trained batches looked up (with their counts); with an upload
+        cap, by the rows whose change is largest, the rest kept for a later round."""
         own = self.uploadable()
         tables = {n: t for n, t in own.items() if is_shared_table(n)}
         if not tables:
             return own
+        rest = {n: t for n, t in own.items() if n not in tables}
         counts = self.model.touched_counts()
-        sent = None
-        if SharedEmbeddings.from_strategy(self.cfg.strategy).sends_deltas:
-            if self.received is None:
-                raise UpdateError(f"scenario {self.scenario}: float16-delta upload without the tables received")
-            sent = {n: self.received[n] for n in tables}
-        return {**{n: t for n, t in own.items() if n not in tables}, **touched_upload(tables, counts, sent)}
+        if (self.shared.sends_deltas or self.shared.capped) and self.received is None:
+            raise UpdateError(f"scenario {self.scenario}: shared rows' changes without the tables received")
+        if not self.shared.capped:
+            sent = {n: self.received[n] for n in tables} if self.shared.sends_deltas else None
+            return {**rest, **touched_upload(tables, counts, sent)}
+        kept = self.pending.load(before_round=server_round or None) or {}
+        pending = {n: p for n in tables if (p := Pending.from_arrays(kept, n)) is not None}
+        budget = float(self.shared.upload_cap) * sum(t.numel() * t.element_size() for t in rest.values())
+        rows, left = capped_upload(tables, counts, {n: self.received[n] for n in tables}, pending, budget,
+                                   deltas=self.shared.sends_deltas)
+        self.pending.save({k: torch.from_numpy(np.ascontiguousarray(v)) for n, p in left.items()
+                           for k, v in p.arrays(n).items()}, server_round)
+        return {**rest, **rows}
 
     def load_received(self, record: ArrayRecord) -> dict[str, torch.Tensor]:
         """Copy the server's tensors into the uploadable groups, after checking them."""
@@ -303,6 +325,10 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config.get("server-round", 0))
     session.restore(before_round=server_round or None)
     anchor = session.load_received(msg.content["arrays"])
+    if session.shared.capped:  # the node starts from its own rows: received plus what it has not sent
+        session.add_pending(before_round=server_round or None)
+        now = session.model.state_dict()
+        anchor = {n: now[n].clone() if is_shared_table(n) else t for n, t in anchor.items()}
     evaluated = received_model_metrics(session, config, server_round)
     mode = client_mode(session.cfg.strategy)
     tcfg = train_config(session.cfg)
@@ -330,7 +356,8 @@ def train(msg: Message, context: Context) -> Message:
     if session.threads is not None:
         metrics["threads"] = session.threads
     content = RecordDict(
-        {"arrays": to_record(session.trained_upload()), "metrics": MetricRecord(metrics), "meta": meta(session)}
+        {"arrays": to_record(session.trained_upload(server_round)), "metrics": MetricRecord(metrics),
+         "meta": meta(session)}
     )
     return Message(content, reply_to=msg)
 
@@ -347,6 +374,7 @@ def evaluate_(msg: Message, context: Context) -> Message:
     else:
         session.restore(before_round=before)
         session.load_received(msg.content["arrays"])
+        session.add_pending(before_round=before)
     splits = [str(s) for s in config.get("splits", list(session.cfg.eval.splits))]
     metrics: dict[str, Any] = {"num-examples": len(session.data.val),
                                **eval_metrics(session, session.model, splits)}

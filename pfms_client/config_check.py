@@ -273,6 +273,7 @@ CLIENT_RULES: dict[str, Rule] = {
     "strategy.shared_embeddings.buckets": integer(1),
     "strategy.shared_embeddings.hash_seed": integer(0),
     "strategy.shared_embeddings.values": one_of(VALUE_ENCODINGS),
+    "strategy.shared_embeddings.upload_cap": number(0, lo_open=True, nullable=True).optional(),
 }
 
 

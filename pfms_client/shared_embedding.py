@@ -18,11 +18,19 @@ A node trains the whole table, but answers with the rows that this round's
 trained batches looked up only, with how many trained rows used each
 (``touched_upload``); the server replaces each touched row by the count-weighted
 mean over the nodes that touched it and sends the table back whole.
+
+With ``upload_cap`` a node sends rows worth at most that share of its other tensors'
+bytes (``capped_upload``): the rows whose change is largest go, and the change of
+every other row stays on the node (``Pending``; error feedback, as in Deep Gradient
+Compression): the node adds it back onto the table it receives next round, keeps
+training on it, and sends it, with the counts gathered meanwhile, once it ranks.
+Nothing a node learned is dropped; some of it arrives later.
 """
 
 from __future__ import annotations
 
 import zlib
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -93,23 +101,32 @@ class SharedEmbeddings:
     buckets: int = 0
     hash_seed: int = 0
     values: str = VALUE_ENCODINGS[0]  # how touched rows travel: float32 values or float16 deltas
+    upload_cap: float | None = None  # rows' bytes at most this share of the other uploaded bytes; None: all
 
     @classmethod
     def from_strategy(cls, strategy: Mapping[str, Any]) -> "SharedEmbeddings":
         node = strategy.get("shared_embeddings")
         if node is None or not bool(node["enabled"]):
             return cls()
-        out = cls(True, int(node["buckets"]), int(node["hash_seed"]), str(node.get("values", VALUE_ENCODINGS[0])))
+        cap = node.get("upload_cap")
+        out = cls(True, int(node["buckets"]), int(node["hash_seed"]), str(node.get("values", VALUE_ENCODINGS[0])),
+                  None if cap is None else float(cap))
         if out.buckets < 1:
             raise ValueError(f"strategy.shared_embeddings.buckets={out.buckets}: expected an integer >= 1")
         if out.values not in VALUE_ENCODINGS:
             raise ValueError(f"strategy.shared_embeddings.values={out.values!r}: expected one of "
                              f"{list(VALUE_ENCODINGS)}")
+        if out.upload_cap is not None and not (out.upload_cap > 0 and math.isfinite(out.upload_cap)):
+            raise ValueError(f"strategy.shared_embeddings.upload_cap={cap}: expected a number > 0 or null")
         return out
 
     @property
     def sends_deltas(self) -> bool:
         return self.enabled and self.values == "float16-delta"
+
+    @property
+    def capped(self) -> bool:
+        return self.enabled and self.upload_cap is not None
 
     @property
     def rows(self) -> int:
@@ -156,17 +173,107 @@ def touched_upload(tables: Mapping[str, Any], counts: Mapping[str, Any],
     for name, table in tables.items():
         weight, count = _numpy(table), _numpy(counts[name])
         rows = np.flatnonzero(count > 0)
-        touched = count[rows]
-        parts = touched_names(name)
-        out[parts["rows"]] = rows.astype(unsigned_for(len(count) - 1))
-        out[parts["counts"]] = touched.astype(unsigned_for(int(touched.max()) if len(touched) else 0))
         if received is None:
-            out[parts["values"]] = np.ascontiguousarray(weight[rows])
+            out |= _encode(name, len(count), rows, count[rows], values=weight[rows])
         else:
-            change = weight[rows].astype(np.float64) - _numpy(received[name])[rows]
-            out[parts[DELTA_PART]] = change.astype(np.float16)
+            out |= _encode(name, len(count), rows, count[rows],
+                           change=weight[rows].astype(np.float64) - _numpy(received[name])[rows])
     return out
 
 
-__all__ = ["OOV_ROW", "SharedEmbeddings", "TOUCHED_PARTS", "bucket_map", "bucket_of", "expected_collision_rate",
-           "field_key", "measured_collision_rate", "shared_table_name", "touched_upload"]
+def _encode(name: str, size: int, rows: np.ndarray, counts: np.ndarray, *, values: np.ndarray | None = None,
+            change: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One table's parts: rows and counts in their smallest exact unsigned types, then either
+    the rows' values or their change as float16 (``.deltas``)."""
+    parts = touched_names(name)
+    out = {parts["rows"]: np.asarray(rows).astype(unsigned_for(size - 1)),
+           parts["counts"]: np.asarray(counts).astype(unsigned_for(int(counts.max()) if len(counts) else 0))}
+    if change is None:
+        out[parts["values"]] = np.ascontiguousarray(values)
+    else:
+        out[parts[DELTA_PART]] = np.asarray(change).astype(np.float16)
+    return out
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One table's rows whose change this node has not sent yet: row numbers (int64,
+    ascending), how many trained rows looked each up since it was last sent (int64 >= 1),
+    and the change itself (float32 [k, d]: the row on this node minus the row as received)."""
+
+    rows: np.ndarray
+    counts: np.ndarray
+    change: np.ndarray
+
+    def arrays(self, name: str) -> dict[str, np.ndarray]:
+        """Named arrays for the node's local state (``pfms_client.state.LocalState``)."""
+        return {f"{name}:rows": self.rows, f"{name}:counts": self.counts, f"{name}:change": self.change}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Any], name: str) -> "Pending | None":
+        if f"{name}:rows" not in arrays:
+            return None
+        return cls(*(_numpy(arrays[f"{name}:{p}"]) for p in ("rows", "counts", "change")))
+
+
+def add_pending(tables: Mapping[str, Any], pending: Mapping[str, Pending]) -> None:
+    """Add each kept change back onto the table just received (torch tensors, in place), so
+    that the node trains and evaluates on its rows as it left them."""
+    import torch
+
+    with torch.no_grad():
+        for name, kept in pending.items():
+            if len(kept.rows):
+                rows = torch.as_tensor(kept.rows, dtype=torch.long)
+                tables[name].index_add_(0, rows, torch.as_tensor(kept.change, dtype=tables[name].dtype))
+
+
+def capped_upload(tables: Mapping[str, Any], counts: Mapping[str, Any], received: Mapping[str, Any],
+                  pending: Mapping[str, Pending], budget_bytes: float, *,
+                  deltas: bool) -> tuple[dict[str, np.ndarray], dict[str, Pending]]:
+    """(the upload, what stays pending) when the rows may cost at most ``budget_bytes``.
+
+    A row is due when this round's trained batches looked it up or an earlier round left
+    its change pending; its count adds both. Due rows go in the order of their change's
+    L2 norm, largest first, across all tables (ties: table name, then row), as many as
+    fit the budget at the widest row's bytes; the others stay pending with their change
+    and count. ``received``: the tables as the server sent them, before the pending
+    change was added back."""
+    due: dict[str, Pending] = {}
+    for name in sorted(tables):
+        weight, count = _numpy(tables[name]), _numpy(counts[name]).astype(np.int64)
+        total = count.copy()
+        kept = pending.get(name)
+        if kept is not None and len(kept.rows):
+            total[kept.rows] += kept.counts
+        rows = np.flatnonzero(total > 0)
+        change = (weight[rows].astype(np.float64) - _numpy(received[name])[rows]).astype(np.float32)
+        due[name] = Pending(rows, total[rows], change)
+    if not due:
+        return {}, {}
+    dim = max(d.change.shape[1] for d in due.values())
+    largest = max((int(d.counts.max()) for d in due.values() if len(d.counts)), default=0)
+    row_bytes = (max(np.dtype(unsigned_for(len(_numpy(counts[n])) - 1)).itemsize for n in due)
+                 + np.dtype(unsigned_for(largest)).itemsize
+                 + dim * (2 if deltas else max(_numpy(tables[n]).itemsize for n in due)))
+    norms = np.concatenate([np.linalg.norm(d.change.astype(np.float64), axis=1) for d in due.values()])
+    chosen = np.zeros(len(norms), dtype=bool)
+    chosen[np.argsort(-norms, kind="stable")[:max(0, int(budget_bytes // row_bytes))]] = True
+    upload: dict[str, np.ndarray] = {}
+    left: dict[str, Pending] = {}
+    start = 0
+    for name, d in due.items():
+        go = chosen[start:start + len(d.rows)]
+        start += len(d.rows)
+        size = len(_numpy(counts[name]))
+        if deltas:
+            upload |= _encode(name, size, d.rows[go], d.counts[go], change=d.change[go])
+        else:
+            upload |= _encode(name, size, d.rows[go], d.counts[go], values=_numpy(tables[name])[d.rows[go]])
+        left[name] = Pending(d.rows[~go], d.counts[~go], d.change[~go])
+    return upload, left
+
+
+__all__ = ["OOV_ROW", "Pending", "SharedEmbeddings", "TOUCHED_PARTS", "add_pending", "bucket_map", "bucket_of",
+           "capped_upload", "expected_collision_rate", "field_key", "measured_collision_rate", "shared_table_name",
+           "touched_upload"]

@@ -14,9 +14,12 @@ from pfms_client.data.tensors import TensorSplit, build_scenario_data
 from pfms_client.mmoe import build_model
 from pfms_client.shared_embedding import (
     OOV_ROW,
+    Pending,
     SharedEmbeddings,
+    add_pending,
     bucket_map,
     bucket_of,
+    capped_upload,
     expected_collision_rate,
     measured_collision_rate,
     touched_upload,
@@ -220,3 +223,64 @@ def test_the_values_encoding_is_checked():
     assert SharedEmbeddings.from_strategy({"shared_embeddings": {**node, "values": "float16-delta"}}).sends_deltas
     with pytest.raises(ValueError, match="strategy.shared_embeddings.values='bf16': expected one of"):
         SharedEmbeddings.from_strategy({"shared_embeddings": {**node, "values": "bf16"}})
+
+
+def _capped_case():
+    """Two 2-wide tables: 'a' with rows 1, 2, 3 touched, 'b' with row 5 touched and row 7 pending."""
+    received = {n: np.zeros((10, 2), np.float32) for n in ("shared_embedding.a.weight", "shared_embedding.b.weight")}
+    tables = {n: t.copy() for n, t in received.items()}
+    counts = {n: np.zeros(10, np.int64) for n in received}
+    a, b = "shared_embedding.a.weight", "shared_embedding.b.weight"
+    tables[a][[1, 2, 3]] = [[3.0, 0.0], [0.0, 0.5], [0.0, 4.0]]  # norms 3, 0.5, 4
+    counts[a][[1, 2, 3]] = [4, 1, 2]
+    tables[b][5] = [1.0, 1.0]  # norm 1.41
+    counts[b][5] = 300
+    pending = {b: Pending(np.array([5, 7]), np.array([2, 6]), np.array([[0.5, 0.5], [2.0, 0.0]], np.float32))}
+    tables[b][[5, 7]] += pending[b].change  # added back onto the received table, then trained on
+    return tables, counts, received, pending
+
+
+def test_capped_upload_sends_the_largest_changes_and_keeps_the_rest_pending():
+    tables, counts, received, pending = _capped_case()
+    a, b = "shared_embedding.a.weight", "shared_embedding.b.weight"
+    # 10 rows index in a byte, the largest count (302) needs uint16, 2 float32: 1 + 2 + 8 = 11 bytes a row
+    up, left = capped_upload(tables, counts, received, pending, budget_bytes=3 * 11 + 10, deltas=False)
+    # due: a1 (3), a2 (0.5), a3 (4), b5 (1.5 + 1.5 -> 2.12, 300 + 2 uses), b7 (2, pending only, 6 uses)
+    assert up["shared_embedding.a.rows"].tolist() == [1, 3] and up["shared_embedding.b.rows"].tolist() == [5]
+    assert up["shared_embedding.a.counts"].tolist() == [4, 2] and up["shared_embedding.b.counts"].tolist() == [302]
+    np.testing.assert_array_equal(up["shared_embedding.b.values"], tables[b][[5]])
+    assert sum(v.nbytes for v in up.values()) <= 3 * 11 + 10
+    assert left[a].rows.tolist() == [2] and left[a].counts.tolist() == [1]
+    np.testing.assert_array_equal(left[a].change, [[0.0, 0.5]])
+    assert left[b].rows.tolist() == [7] and left[b].counts.tolist() == [6]  # kept with the uses gathered
+    np.testing.assert_array_equal(left[b].change, [[2.0, 0.0]])
+    # float16 deltas: 1 + 2 + 4 = 7 bytes a row, so the same budget sends 6 rows: all 5 due rows
+    up, left = capped_upload(tables, counts, received, pending, budget_bytes=3 * 11 + 10, deltas=True)
+    assert up["shared_embedding.a.rows"].tolist() == [1, 2, 3] and up["shared_embedding.b.rows"].tolist() == [5, 7]
+    np.testing.assert_array_equal(up["shared_embedding.b.deltas"], np.array([[1.5, 1.5], [2.0, 0.0]], np.float16))
+    assert all(len(p.rows) == 0 for p in left.values())
+    # no budget: nothing goes, everything due stays
+    up, left = capped_upload(tables, counts, received, pending, budget_bytes=0, deltas=False)
+    assert all(len(v) == 0 for v in up.values())
+    assert left[a].rows.tolist() == [1, 2, 3] and left[b].rows.tolist() == [5, 7]
+
+
+def test_a_pending_change_is_added_back_onto_the_received_table():
+    _, _, received, pending = _capped_case()
+    b = "shared_embedding.b.weight"
+    tables = {n: torch.from_numpy(t.copy()) for n, t in received.items()}
+    kept = {k: torch.from_numpy(v) for k, v in pending[b].arrays(b).items()}
+    back = Pending.from_arrays(kept, b)
+    assert Pending.from_arrays(kept, "shared_embedding.a.weight") is None
+    add_pending(tables, {b: back})
+    np.testing.assert_array_equal(tables[b].numpy()[[5, 7]], pending[b].change)
+    assert float(tables[b].abs().sum()) == pytest.approx(3.0) and float(tables["shared_embedding.a.weight"].abs().sum()) == 0
+
+
+def test_the_upload_cap_is_checked():
+    node = {"enabled": True, "buckets": 8, "hash_seed": 0}
+    assert not SharedEmbeddings.from_strategy({"shared_embeddings": node}).capped
+    assert SharedEmbeddings.from_strategy({"shared_embeddings": {**node, "upload_cap": 0.25}}).upload_cap == 0.25
+    for bad in (0, -0.5, float("inf")):
+        with pytest.raises(ValueError, match=f"upload_cap={bad}: expected a number > 0 or null"):
+            SharedEmbeddings.from_strategy({"shared_embeddings": {**node, "upload_cap": bad}})

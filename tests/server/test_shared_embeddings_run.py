@@ -88,3 +88,57 @@ def test_switch_on_local_training_keeps_the_tables_home(pfms_home, tmp_path):
     assert summary["status"] == "completed"
     assert all(not arrays for back in grid.up for arrays in back.values())
     assert all(np.isfinite(r["auc"]) for r in strat.rows)
+
+
+@pytest.mark.parametrize("values", ["float32", "float16-delta"])
+def test_an_upload_cap_sends_the_largest_changes_and_keeps_every_other_one(pfms_home, tmp_path, values):
+    """With upload_cap=0.02 a node's rows must cost at most 2% of its other tensors' bytes; the
+    rows that go are those whose change is largest, and no change is lost: each row left out
+    stays pending on the node and is sent or still pending a round later, its count growing.
+    (One batch of 64 rows a round, no weight decay: a row no batch looks up keeps its change exactly.)"""
+    cap = 0.02
+    grid, strat, summary = run_inprocess(
+        [f"paths.home={pfms_home}", *TINY, "train.weight_decay=0", "train.local_steps=1", "train.batch_size=64", "strategy.shared_embeddings.enabled=true",
+         "strategy.shared_embeddings.buckets=512", f"strategy.shared_embeddings.values={values}",
+         f"strategy.shared_embeddings.upload_cap={cap}"], tmp_path / values, _recording_grid())
+    assert summary["status"] == "completed" and summary["aggregated_rounds"] == [1, 2]
+    third = "values" if values == "float32" else "deltas"
+    idle_rows = 0
+    for node, context in grid.contexts.items():
+        scenario = strat.node_scenario[node]
+        store = context.state
+        after = {1: unpack_state(store[f"pfms.local-previous.{scenario}+pending"]),
+                 2: unpack_state(store[f"pfms.local.{scenario}+pending"])}
+        for rnd in (1, 2):
+            up, down = grid.up[rnd - 1][node], grid.down[rnd - 1][node]
+            shared = {k: a for k, a in up.items() if k.startswith("shared_embedding.")}
+            rest = sum(a.nbytes for k, a in up.items() if k not in shared)
+            assert 0 < sum(a.nbytes for a in shared.values()) <= cap * rest
+            sent_norms, kept_norms = [], []
+            for table in (n for n in down if is_shared_table(n)):
+                unit = table.rpartition(".")[0]
+                rows, counts, sent = (up[f"{unit}.{p}"] for p in ("rows", "counts", third))
+                change = sent.astype(np.float64) - down[table][rows] if third == "values" else sent
+                sent_norms += list(np.linalg.norm(change.astype(np.float64), axis=1))
+                kept_rows, kept_counts = after[rnd][f"{table}:rows"], after[rnd][f"{table}:counts"]
+                kept_norms += list(np.linalg.norm(after[rnd][f"{table}:change"].astype(np.float64), axis=1))
+                assert not set(rows.tolist()) & set(kept_rows.tolist()) and kept_counts.min(initial=1) >= 1
+                if rnd == 2:  # nothing is dropped: last round's pending rows went now or are still kept
+                    before = dict(zip(after[1][f"{table}:rows"].tolist(), after[1][f"{table}:counts"].tolist()))
+                    now = dict(zip(rows.tolist(), counts.tolist())) | dict(zip(kept_rows.tolist(),
+                                                                                kept_counts.tolist()))
+                    assert all(r in now and now[r] >= c for r, c in before.items())
+                    # a row kept twice that no batch looked up this round (its count did not grow) was
+                    # added back onto the table received and kept its change: it was not lost
+                    idle = [i for i, r in enumerate(kept_rows.tolist()) if before.get(r) == kept_counts[i]]
+                    first = {r: i for i, r in enumerate(after[1][f"{table}:rows"].tolist())}
+                    idle_rows += len(idle)
+                    np.testing.assert_allclose(
+                        after[2][f"{table}:change"][idle],
+                        after[1][f"{table}:change"][[first[r] for r in kept_rows[idle].tolist()]], atol=1e-6)
+            assert kept_norms and min(sent_norms) >= max(kept_norms) * (1 - 1e-3)  # float16 rounding
+    assert idle_rows > 0
+
+
+def unpack_state(record):
+    return {k: v.numpy() for k, v in record.items()}
