@@ -8,6 +8,17 @@ each; a row nobody touched carries no information this round, so it keeps its va
 and a touched row becomes the mean of the clients' values weighted by their counts
 (a client that looked a row up 1000 times knows more about it than one that saw it once).
 
+With ``strategy.shared_embeddings.upload_cap`` a node sends a row only when its
+change ranks, with the change and the counts gathered since it last sent it. The mean
+over this round's senders would then apply each node's change in full whenever it
+arrives alone, so a row that four nodes train moves by about the sum of their changes
+instead of their mean (measured: unstable AUC on the Tenrec schema).
+``touched_row_rate_mean`` weighs each sent change by its node's uses per round of that
+row (count / rounds since the node last sent it) and divides by the rates of every
+node known to use the row, the silent ones at the rate they last sent: a node that
+sends every k rounds then moves the row, over those k rounds, as much as it would have
+in k rounds of full uploads.
+
 Pure numpy; ``with_shared_embeddings`` lets any rule (PF-MSMTrec, FedAvg family)
 aggregate everything else exactly as without the switch.
 """
@@ -15,6 +26,7 @@ aggregate everything else exactly as without the switch.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -53,6 +65,57 @@ def touched_row_mean(table: np.ndarray, uploads: Sequence[Touched]) -> np.ndarra
     return out
 
 
+@dataclass
+class RowRates:
+    """One scenario's record of one shared table: per row, the round it last sent the row
+    (0: never) and its uses per round then (0.0: never)."""
+
+    sent: np.ndarray  # int64 [R]
+    rate: np.ndarray  # float64 [R]
+
+    @classmethod
+    def empty(cls, rows: int) -> "RowRates":
+        return cls(np.zeros(rows, np.int64), np.zeros(rows, np.float64))
+
+
+def touched_row_rate_mean(table: np.ndarray, uploads: Mapping[str, Touched], rates: Mapping[str, RowRates],
+                          server_round: int) -> tuple[np.ndarray, dict[str, RowRates]]:
+    """(``table`` moved by the rate-weighted mean of the sent changes, every scenario's
+    updated record) for capped uploads.
+
+    ``uploads``: scenario -> its sent rows (values, not deltas); ``rates``: scenario -> its
+    record before this round (absent: a scenario that never sent). A sent row's count
+    covers the rounds since the scenario last sent it (or since round 1), so its rate is
+    count / (server_round - last sent round). Row r becomes
+    ``table[r] + sum_senders rate_i (value_i - table[r]) / sum_known rate_j``."""
+    table = np.asarray(table)
+    if table.ndim != 2:
+        raise ValueError(f"a shared table is [rows, dim], got shape {table.shape}")
+    size = table.shape[0]
+    new = {s: RowRates(r.sent.copy(), r.rate.copy()) for s, r in rates.items()}
+    sums = np.zeros(table.shape, dtype=np.float64)
+    for scenario, (rows, counts, values) in sorted(uploads.items()):
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(np.unique(rows)) != len(rows):
+            raise ValueError("an upload lists a row twice")
+        rec = new.setdefault(scenario, RowRates.empty(size))
+        rounds = server_round - rec.sent[rows]
+        if (rounds < 1).any():
+            raise ValueError(f"scenario {scenario}: a row sent twice in round {server_round}")
+        rate = np.asarray(counts, dtype=np.float64) / rounds
+        rec.sent[rows], rec.rate[rows] = server_round, rate
+        sums[rows] += rate[:, None] * (np.asarray(values, dtype=np.float64) - table[rows])
+    total = np.zeros(size, dtype=np.float64)
+    for rec in new.values():
+        total += rec.rate
+    sent = np.zeros(size, dtype=bool)
+    for rows, _, _ in uploads.values():
+        sent[np.asarray(rows, dtype=np.int64)] = True
+    out = table.copy()
+    out[sent] = (table[sent] + sums[sent] / total[sent, None]).astype(table.dtype)
+    return out, new
+
+
 def split_touched(upload: Arrays) -> tuple[Arrays, dict[str, tuple[Touched, bool]]]:
     """(every other tensor, shared table name -> (its touched rows, whether the third part
     holds float16 deltas rather than values)) of one client's upload."""
@@ -81,18 +144,19 @@ def absolute(answer: Touched, delta: bool, sent: np.ndarray) -> Touched:
     return rows, counts, (sent[at].astype(np.float64) + np.asarray(third, dtype=np.float64)).astype(sent.dtype)
 
 
-def with_shared_embeddings(aggregate: Aggregate) -> Aggregate:
+def with_shared_embeddings(aggregate: Aggregate, *, capped: bool = False) -> Aggregate:
     """``aggregate`` on everything but the shared tables, then each shared table by
-    ``touched_row_mean`` over the clients' touched rows; one copy for everybody (kept
-    with the global tensors, which every scenario receives)."""
+    ``touched_row_mean`` over the clients' touched rows (``capped``: by
+    ``touched_row_rate_mean``, keeping each scenario's row rates in its state); one copy
+    for everybody (kept with the global tensors, which every scenario receives)."""
 
     def run(state: ServerState, uploads: Mapping[str, Arrays], num_examples: Mapping[str, int]) -> ServerState:
         rest: dict[str, Arrays] = {}
-        touched: dict[str, list[tuple[Touched, bool]]] = {}
+        touched: dict[str, dict[str, tuple[Touched, bool]]] = {}
         for scenario in sorted(uploads):
             rest[scenario], tables = split_touched(uploads[scenario])
             for table, answer in tables.items():
-                touched.setdefault(table, []).append(answer)
+                touched.setdefault(table, {})[scenario] = answer
         new = aggregate(state, rest, num_examples)
         if touched:
             new = new if new is not state else copy.deepcopy(state)
@@ -102,7 +166,16 @@ def with_shared_embeddings(aggregate: Aggregate) -> Aggregate:
                 current = (state.init or {}).get(table)
             if current is None:
                 raise ValueError(f"{table}: no such shared table in the server state")
-            new.global_arrays[table] = touched_row_mean(current, [absolute(a, d, current) for a, d in answers])
+            values = {s: absolute(a, d, current) for s, (a, d) in answers.items()}
+            if not capped:
+                new.global_arrays[table] = touched_row_mean(current, [values[s] for s in sorted(values)])
+                continue
+            known = {s: RowRates(sc.row_sent[table], sc.row_rate[table])
+                     for s, sc in state.scenarios.items() if table in sc.row_sent}
+            new.global_arrays[table], records = touched_row_rate_mean(current, values, known, state.round + 1)
+            for s, rec in records.items():
+                mine = new.own(s)
+                mine.row_sent[table], mine.row_rate[table] = rec.sent, rec.rate
         return new
 
     return run
@@ -112,4 +185,5 @@ def shared_tables(arrays: Arrays) -> list[str]:
     return sorted(n for n in arrays if is_shared_table(n))
 
 
-__all__ = ["Touched", "absolute", "shared_tables", "split_touched", "touched_row_mean", "with_shared_embeddings"]
+__all__ = ["RowRates", "Touched", "absolute", "shared_tables", "split_touched", "touched_row_mean",
+           "touched_row_rate_mean", "with_shared_embeddings"]

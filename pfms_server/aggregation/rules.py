@@ -53,8 +53,10 @@ def make_rule(strategy: Mapping[str, Any], seed: int) -> Rule:
                          f"take shared-id embeddings; use one of {list(SHARED_EMBEDDING_RULES)}")
     if not shares_embeddings(strategy):
         return rule
-    return Rule(rule.name, with_shared_embeddings(rule.aggregate),
-                f"{rule.description} | shared-id embeddings: {int(switch['buckets'])} buckets, touched-row mean")
+    capped = switch.get("upload_cap") is not None
+    return Rule(rule.name, with_shared_embeddings(rule.aggregate, capped=capped),
+                f"{rule.description} | shared-id embeddings: {int(switch['buckets'])} buckets, "
+                + (f"upload cap {float(switch['upload_cap']):g}, rate-weighted mean" if capped else "touched-row mean"))
 
 
 def _base_rule(strategy: Mapping[str, Any], seed: int) -> Rule:

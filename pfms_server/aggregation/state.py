@@ -33,6 +33,10 @@ class ScenarioState:
     beta: dict[str, HyperParam] = field(default_factory=dict)  # tower layer -> beta
     beta_dir: Arrays = field(default_factory=dict)  # tower tensor -> u that built `arrays`
     num_examples: int = 0
+    # strategy.shared_embeddings.upload_cap: per shared table, the round this scenario last
+    # sent each row and its uses per round then (aggregation.embeddings.touched_row_rate_mean)
+    row_sent: Arrays = field(default_factory=dict)
+    row_rate: Arrays = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +89,10 @@ class ServerState:
                 arrays[f"alpha_dir/{name}/{k}"] = v
             for k, v in sc.beta_dir.items():
                 arrays[f"beta_dir/{name}/{k}"] = v
+            for k, v in sc.row_sent.items():
+                arrays[f"row_sent/{name}/{k}"] = v
+            for k, v in sc.row_rate.items():
+                arrays[f"row_rate/{name}/{k}"] = v
             meta["scenarios"][name] = {
                 "alpha": sc.alpha.to_dict() if sc.alpha is not None else None,
                 "beta": {layer: hp.to_dict() for layer, hp in sc.beta.items()},
@@ -125,5 +133,7 @@ class ServerState:
                 beta={layer: HyperParam.from_dict(d) for layer, d in sc["beta"].items()},
                 beta_dir=section(f"beta_dir/{name}/"),
                 num_examples=int(sc["num_examples"]),
+                row_sent=section(f"row_sent/{name}/"),
+                row_rate=section(f"row_rate/{name}/"),
             )
         return state

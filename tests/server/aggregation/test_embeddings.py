@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pfms_server.aggregation import touched_problems, touched_row_mean, upload_problems, with_shared_embeddings
-from pfms_server.aggregation.embeddings import absolute
+from pfms_server.aggregation.embeddings import absolute, touched_row_rate_mean
 from pfms_server.aggregation.fedavg import fedavg_round
 from pfms_server.aggregation.state import ServerState
 
@@ -128,3 +128,60 @@ def test_float16_deltas_are_added_to_the_rows_as_sent_then_averaged_with_values(
     np.testing.assert_array_equal(out[[0, 2, 5]], TABLE[[0, 2, 5]])
     rows, counts, values = absolute((np.array([4], np.uint8), np.array([2], np.uint8), change[1:]), True, TABLE)
     assert values.dtype == np.float32 and rows.tolist() == [4] and counts.tolist() == [2]
+
+
+def test_rate_mean_moves_a_row_as_full_uploads_would_when_a_node_sends_late():
+    """Two nodes use row 1 equally (2 uses a round) and change it by +1 (A) and +3 (B) a round.
+    With full uploads the row moves by their mean, 2 a round: 8 in 4 rounds. Here both send in
+    round 1; then A sends every round, while B's change waits and goes in round 4 with 3 rounds'
+    change (+9) and uses (6). The mean over senders would move the row by 2, 1, 1, then
+    (2 * 1 + 6 * 9) / 8 = 7: 11 in all. The rate mean moves it by 2, 0.5, 0.5 (A at rate 2
+    against B's 2, known from round 1), then (2 * 1 + 2 * 9) / 4 = 5: 8, as full uploads."""
+    table = np.zeros((3, 1), np.float32)
+    rates: dict = {}
+    for rnd in (1, 2, 3, 4):
+        ups = {"A": (np.array([1]), np.array([2]), table[[1]] + 1.0)}
+        if rnd == 1:
+            ups["B"] = (np.array([1]), np.array([2]), table[[1]] + 3.0)
+        if rnd == 4:
+            ups["B"] = (np.array([1]), np.array([6]), table[[1]] + 9.0)
+        table, rates = touched_row_rate_mean(table, ups, rates, rnd)
+        assert table[1, 0] == pytest.approx({1: 2.0, 2: 2.5, 3: 3.0, 4: 8.0}[rnd])
+    assert rates["B"].sent.tolist() == [0, 4, 0] and rates["B"].rate.tolist() == [0, 2, 0]  # 6 uses in 3 rounds
+    assert rates["A"].sent.tolist() == [0, 4, 0] and rates["A"].rate.tolist() == [0, 2, 0]
+    np.testing.assert_array_equal(table[[0, 2]], 0)  # rows nobody sent keep their value
+    plain = np.zeros((3, 1), np.float32)
+    for rnd in (1, 2, 3, 4):
+        ups = [(np.array([1]), np.array([2]), plain[[1]] + 1.0)]
+        ups += [(np.array([1]), np.array([2]), plain[[1]] + 3.0)] if rnd == 1 else []
+        ups += [(np.array([1]), np.array([6]), plain[[1]] + 9.0)] if rnd == 4 else []
+        plain = touched_row_mean(plain, ups)
+    assert plain[1, 0] == pytest.approx(11.0)  # what the mean over senders would do
+
+
+def test_rate_mean_with_every_node_sending_every_round_is_the_count_weighted_mean():
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(6, 2)).astype(np.float32)
+    ups = {"A": (np.array([1, 2]), np.array([3, 1]), rng.normal(size=(2, 2)).astype(np.float32)),
+           "B": (np.array([2, 5]), np.array([2, 7]), rng.normal(size=(2, 2)).astype(np.float32))}
+    rated, _ = touched_row_rate_mean(table, ups, {}, 1)
+    np.testing.assert_allclose(rated, touched_row_mean(table, list(ups.values())), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="a row sent twice in round 1"):
+        touched_row_rate_mean(table, ups, _, 1)
+
+
+def test_capped_tables_keep_each_scenarios_row_rates_in_the_state(tmp_path):
+    state = ServerState()
+    state.set_init({NAME: TABLE})
+    uploads = {"A": touched([1], [3], [[9, 9]]), "B": touched([1, 2], [1, 2], [[1, 1], [5, 6]])}
+    new = with_shared_embeddings(fedavg_round, capped=True)(state, uploads, {"A": 1, "B": 1})
+    np.testing.assert_array_equal(new.global_arrays[NAME][1], [7.0, 7.0])  # round 1: the count-weighted mean
+    assert new.scenarios["B"].row_rate[NAME].tolist() == [0, 1, 2, 0, 0, 0]
+    new.round = 1
+    new.save(tmp_path / "s")
+    back = ServerState.load(tmp_path / "s")
+    np.testing.assert_array_equal(back.scenarios["A"].row_sent[NAME], [0, 1, 0, 0, 0, 0])
+    # round 2: A alone, its row 1 at rate 3 against B's 1 known from round 1
+    again = with_shared_embeddings(fedavg_round, capped=True)(back, {"A": touched([1], [3], [[11, 11]])}, {"A": 1})
+    np.testing.assert_allclose(again.global_arrays[NAME][1], 7.0 + 3 * (11 - 7.0) / (3 + 1))
+    assert not state.scenarios  # the old state is kept
