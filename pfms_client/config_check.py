@@ -274,6 +274,7 @@ CLIENT_RULES: dict[str, Rule] = {
     "strategy.shared_embeddings.hash_seed": integer(0),
     "strategy.shared_embeddings.values": one_of(VALUE_ENCODINGS),
     "strategy.shared_embeddings.upload_cap": number(0, lo_open=True, nullable=True).optional(),
+    "strategy.shared_embeddings.server_lr": number(0, lo_open=True).optional(),  # read by the server
 }
 
 

@@ -41,9 +41,11 @@ Touched = tuple[np.ndarray, np.ndarray, np.ndarray]
 Aggregate = Callable[[ServerState, Mapping[str, Arrays], Mapping[str, int]], ServerState]
 
 
-def touched_row_mean(table: np.ndarray, uploads: Sequence[Touched]) -> np.ndarray:
+def touched_row_mean(table: np.ndarray, uploads: Sequence[Touched], step: float = 1.0) -> np.ndarray:
     """``table`` with each row some upload touched replaced by the count-weighted mean of the
-    uploads' values for it; untouched rows are returned as they were.
+    uploads' values for it; untouched rows are returned as they were. ``step`` != 1 moves a
+    touched row by that multiple of the way to the mean (a server learning rate, as in
+    FedOpt: the mean of changes that disagree is shorter than each of them).
 
     Every upload's rows are distinct and inside the table, counts >= 1 and values finite
     (``validate.touched_problems`` says so before a reply gets here)."""
@@ -61,7 +63,10 @@ def touched_row_mean(table: np.ndarray, uploads: Sequence[Touched]) -> np.ndarra
         sums[rows] += w[:, None] * np.asarray(values, dtype=np.float64)
         weights[rows] += w
     touched = weights > 0
-    out[touched] = (sums[touched] / weights[touched, None]).astype(table.dtype)
+    mean = sums[touched] / weights[touched, None]
+    if step != 1.0:
+        mean = table[touched] + step * (mean - table[touched])
+    out[touched] = mean.astype(table.dtype)
     return out
 
 
@@ -79,7 +84,7 @@ class RowRates:
 
 
 def touched_row_rate_mean(table: np.ndarray, uploads: Mapping[str, Touched], rates: Mapping[str, RowRates],
-                          server_round: int) -> tuple[np.ndarray, dict[str, RowRates]]:
+                          server_round: int, step: float = 1.0) -> tuple[np.ndarray, dict[str, RowRates]]:
     """(``table`` moved by the rate-weighted mean of the sent changes, every scenario's
     updated record) for capped uploads.
 
@@ -87,7 +92,7 @@ def touched_row_rate_mean(table: np.ndarray, uploads: Mapping[str, Touched], rat
     record before this round (absent: a scenario that never sent). A sent row's count
     covers the rounds since the scenario last sent it (or since round 1), so its rate is
     count / (server_round - last sent round). Row r becomes
-    ``table[r] + sum_senders rate_i (value_i - table[r]) / sum_known rate_j``."""
+    ``table[r] + step * sum_senders rate_i (value_i - table[r]) / sum_known rate_j``."""
     table = np.asarray(table)
     if table.ndim != 2:
         raise ValueError(f"a shared table is [rows, dim], got shape {table.shape}")
@@ -112,7 +117,7 @@ def touched_row_rate_mean(table: np.ndarray, uploads: Mapping[str, Touched], rat
     for rows, _, _ in uploads.values():
         sent[np.asarray(rows, dtype=np.int64)] = True
     out = table.copy()
-    out[sent] = (table[sent] + sums[sent] / total[sent, None]).astype(table.dtype)
+    out[sent] = (table[sent] + step * sums[sent] / total[sent, None]).astype(table.dtype)
     return out, new
 
 
@@ -144,11 +149,12 @@ def absolute(answer: Touched, delta: bool, sent: np.ndarray) -> Touched:
     return rows, counts, (sent[at].astype(np.float64) + np.asarray(third, dtype=np.float64)).astype(sent.dtype)
 
 
-def with_shared_embeddings(aggregate: Aggregate, *, capped: bool = False) -> Aggregate:
+def with_shared_embeddings(aggregate: Aggregate, *, capped: bool = False, step: float = 1.0) -> Aggregate:
     """``aggregate`` on everything but the shared tables, then each shared table by
     ``touched_row_mean`` over the clients' touched rows (``capped``: by
     ``touched_row_rate_mean``, keeping each scenario's row rates in its state); one copy
-    for everybody (kept with the global tensors, which every scenario receives)."""
+    for everybody (kept with the global tensors, which every scenario receives). ``step``:
+    strategy.shared_embeddings.server_lr."""
 
     def run(state: ServerState, uploads: Mapping[str, Arrays], num_examples: Mapping[str, int]) -> ServerState:
         rest: dict[str, Arrays] = {}
@@ -168,11 +174,11 @@ def with_shared_embeddings(aggregate: Aggregate, *, capped: bool = False) -> Agg
                 raise ValueError(f"{table}: no such shared table in the server state")
             values = {s: absolute(a, d, current) for s, (a, d) in answers.items()}
             if not capped:
-                new.global_arrays[table] = touched_row_mean(current, [values[s] for s in sorted(values)])
+                new.global_arrays[table] = touched_row_mean(current, [values[s] for s in sorted(values)], step)
                 continue
             known = {s: RowRates(sc.row_sent[table], sc.row_rate[table])
                      for s, sc in state.scenarios.items() if table in sc.row_sent}
-            new.global_arrays[table], records = touched_row_rate_mean(current, values, known, state.round + 1)
+            new.global_arrays[table], records = touched_row_rate_mean(current, values, known, state.round + 1, step)
             for s, rec in records.items():
                 mine = new.own(s)
                 mine.row_sent[table], mine.row_rate[table] = rec.sent, rec.rate

@@ -54,9 +54,11 @@ def make_rule(strategy: Mapping[str, Any], seed: int) -> Rule:
     if not shares_embeddings(strategy):
         return rule
     capped = switch.get("upload_cap") is not None
-    return Rule(rule.name, with_shared_embeddings(rule.aggregate, capped=capped),
+    step = float(switch.get("server_lr", 1.0))
+    return Rule(rule.name, with_shared_embeddings(rule.aggregate, capped=capped, step=step),
                 f"{rule.description} | shared-id embeddings: {int(switch['buckets'])} buckets, "
-                + (f"upload cap {float(switch['upload_cap']):g}, rate-weighted mean" if capped else "touched-row mean"))
+                + (f"upload cap {float(switch['upload_cap']):g}, rate-weighted mean" if capped else "touched-row mean")
+                + (f", server step {step:g}" if step != 1.0 else ""))
 
 
 def _base_rule(strategy: Mapping[str, Any], seed: int) -> Rule:

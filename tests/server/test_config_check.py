@@ -369,6 +369,9 @@ def test_pfms_server_checks_its_own_options(argv, message, no_processes, capsys)
     (["dataset=aliexpress", "strategy.shared_embeddings.enabled=true"], "declares no schema.shared_fields"),
     (["strategy=fedamp", "strategy.shared_embeddings.enabled=true"], "strategy.algorithm='fedamp' does not take"),
     (["strategy.shared_embeddings.buckets=0"], "strategy.shared_embeddings.buckets=0: expected an integer >= 1"),
+    (["strategy.shared_embeddings.upload_cap=0"], "strategy.shared_embeddings.upload_cap=0: expected a number > 0"),
+    (["strategy.shared_embeddings.server_lr=-1"], "strategy.shared_embeddings.server_lr=-1: expected a number > 0"),
+    (["strategy.shared_embeddings.upload_cap=lots"], "strategy.shared_embeddings.upload_cap='lots': expected a number"),
     (["dataset=movielens", "dataset.schema.shared_fields=[nope]"], "schema.shared_fields: 'nope' is not a categorical"),
 ])
 def test_shared_embeddings_config_is_checked(overrides, message):

@@ -185,3 +185,28 @@ def test_capped_tables_keep_each_scenarios_row_rates_in_the_state(tmp_path):
     again = with_shared_embeddings(fedavg_round, capped=True)(back, {"A": touched([1], [3], [[11, 11]])}, {"A": 1})
     np.testing.assert_allclose(again.global_arrays[NAME][1], 7.0 + 3 * (11 - 7.0) / (3 + 1))
     assert not state.scenarios  # the old state is kept
+
+
+def test_a_server_step_moves_touched_rows_that_multiple_of_the_way_to_the_mean():
+    uploads = [(np.array([1]), np.array([3]), np.array([[9.0, 9.0]], np.float32)),
+               (np.array([1, 2]), np.array([1, 2]), np.array([[1.0, 1.0], [5.0, 6.0]], np.float32))]
+    mean = touched_row_mean(TABLE, uploads)
+    np.testing.assert_array_equal(touched_row_mean(TABLE, uploads, 1.0), mean)  # 1: exactly the mean
+    twice = touched_row_mean(TABLE, uploads, 2.0)
+    np.testing.assert_allclose(twice[[1, 2]], TABLE[[1, 2]] + 2 * (mean[[1, 2]] - TABLE[[1, 2]]))
+    np.testing.assert_array_equal(twice[[0, 3, 4, 5]], TABLE[[0, 3, 4, 5]])  # untouched rows stay
+    rated, _ = touched_row_rate_mean(TABLE, {"A": uploads[0], "B": uploads[1]}, {}, 1, step=2.0)
+    np.testing.assert_allclose(rated, twice, rtol=1e-6)
+
+
+def test_the_server_step_reaches_the_rule_from_the_config():
+    from pfms_server.aggregation.rules import make_rule
+
+    strategy = {"algorithm": "fedavg", "fedbn": False, "shared_embeddings": {
+        "enabled": True, "buckets": 5, "hash_seed": 0, "upload_cap": None, "server_lr": 2.0}}
+    rule = make_rule(strategy, seed=0)
+    assert "server step 2" in rule.description
+    state = ServerState()
+    state.set_init({NAME: TABLE})
+    out = rule.aggregate(state, {"A": touched([1], [3], [[9, 9]])}, {"A": 1}).global_arrays[NAME]
+    np.testing.assert_array_equal(out[1], TABLE[1] + 2 * (np.array([9, 9]) - TABLE[1]))
