@@ -177,7 +177,7 @@ class Session:
     def new_model(self) -> MMoE:
         shared = SharedEmbeddings.from_strategy(self.cfg.strategy)
         maps = shared.bucket_maps(self.data.categorical_names, self.shared_fields(), self.data.vocabularies)
-        extra = {"shared_buckets": maps, "shared_rows": shared.rows,
+        extra = {"shared_buckets": maps, "shared_rows": shared.rows, "shared_residual": shared.residual,
                  "field_names": self.data.categorical_names} if maps else {}
         return build_model(
             self.cfg.model, self.data.field_dims, self.data.num_numerical, len(self.data.task_names), self.cfg.seed,

@@ -275,6 +275,7 @@ CLIENT_RULES: dict[str, Rule] = {
     "strategy.shared_embeddings.values": one_of(VALUE_ENCODINGS),
     "strategy.shared_embeddings.upload_cap": number(0, lo_open=True, nullable=True).optional(),
     "strategy.shared_embeddings.server_lr": number(0, lo_open=True).optional(),  # read by the server
+    "strategy.shared_embeddings.residual": boolean().optional(),
 }
 
 

@@ -69,6 +69,7 @@ class MMoE(nn.Module):
         shared_buckets: Mapping[str, Any] | None = None,
         shared_rows: int = 0,
         field_names: Sequence[str] | None = None,
+        shared_residual: bool = False,
     ) -> None:
         super().__init__()
         if not expert_hidden:
@@ -127,6 +128,15 @@ class MMoE(nn.Module):
                 # Rows this model's trained batches looked up since it was built (touched_counts).
                 self.register_buffer(f"touch_count_{j}", torch.zeros(shared_rows, dtype=torch.long),
                                      persistent=False)
+            # strategy.shared_embeddings.residual: a local row per shared-field id, added to its
+            # shared row, starting at zero (so round 1 reads the shared rows alone); never uploaded.
+            self.shared_residual = None
+            if shared_residual:
+                dims = [int(field_dims[c]) for c in self.shared_cols]
+                self.shared_residual = nn.Embedding(sum(dims), embed_dim)
+                nn.init.zeros_(self.shared_residual.weight)
+                self.register_buffer("residual_offsets", torch.tensor([0, *dims[:-1]], dtype=torch.long).cumsum(0),
+                                     persistent=False)
             # where each field's embedding sits in [local fields..., shared fields...]
             order = self.local_cols + self.shared_cols
             self.register_buffer("field_order", torch.tensor([order.index(i) for i in range(len(names))]),
@@ -150,7 +160,10 @@ class MMoE(nn.Module):
             if self.training and table.weight.requires_grad:
                 counts = getattr(self, f"touch_count_{j}")
                 counts += torch.bincount(rows, minlength=counts.numel())
-            parts.append(table(rows).unsqueeze(1))
+            row = table(rows)
+            if self.shared_residual is not None:
+                row = row + self.shared_residual(x_cat[:, self.shared_cols[j]] + self.residual_offsets[j])
+            parts.append(row.unsqueeze(1))
         return torch.cat(parts, dim=1).index_select(1, self.field_order)
 
     def embed(self, x_cat: torch.Tensor, x_num: torch.Tensor) -> torch.Tensor:
@@ -184,6 +197,7 @@ def build_model(
     shared_buckets: Mapping[str, Any] | None = None,
     shared_rows: int = 0,
     field_names: Sequence[str] | None = None,
+    shared_residual: bool = False,
 ) -> MMoE:
     """Build the MMoE from ``conf/model``; the seed fixes the common initialisation.
 
@@ -194,6 +208,8 @@ def build_model(
     ``shared_buckets`` (field name -> bucket map, pfms_client.shared_embedding) with
     ``shared_rows`` and ``field_names``: those fields read one hashed table each
     (``shared_embedding.<field>.weight``), created after every other tensor; None = today's model.
+    ``shared_residual``: each of those ids also has a local row (``shared_residual.weight``,
+    zeros at first) added to its shared row.
     """
     known = {"embed_dim", "template", "expert_hidden", "tower_hidden", "dropout", "bn_momentum", "output_bias"}
     unknown = set(model_cfg) - known
@@ -215,6 +231,7 @@ def build_model(
         shared_buckets=shared_buckets,
         shared_rows=shared_rows,
         field_names=field_names,
+        shared_residual=shared_residual,
     )
     if mode == "prior" and positive_rates:
         with torch.no_grad():

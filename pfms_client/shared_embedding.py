@@ -102,6 +102,7 @@ class SharedEmbeddings:
     hash_seed: int = 0
     values: str = VALUE_ENCODINGS[0]  # how touched rows travel: float32 values or float16 deltas
     upload_cap: float | None = None  # rows' bytes at most this share of the other uploaded bytes; None: all
+    residual: bool = False  # a local row per id added to its shared row (pfms_client.mmoe)
 
     @classmethod
     def from_strategy(cls, strategy: Mapping[str, Any]) -> "SharedEmbeddings":
@@ -110,7 +111,7 @@ class SharedEmbeddings:
             return cls()
         cap = node.get("upload_cap")
         out = cls(True, int(node["buckets"]), int(node["hash_seed"]), str(node.get("values", VALUE_ENCODINGS[0])),
-                  None if cap is None else float(cap))
+                  None if cap is None else float(cap), bool(node.get("residual", False)))
         if out.buckets < 1:
             raise ValueError(f"strategy.shared_embeddings.buckets={out.buckets}: expected an integer >= 1")
         if out.values not in VALUE_ENCODINGS:

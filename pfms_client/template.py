@@ -51,6 +51,8 @@ class TensorRole:
 
 
 SHARED_EMBEDDING_PREFIX = "shared_embedding"
+# strategy.shared_embeddings.residual: the local rows added to the shared ones (never uploaded)
+SHARED_RESIDUAL = "shared_residual"
 # What a node answers for one shared table: the touched row numbers, how many trained rows
 # used each (>= 1) and those rows' values (the table's dtype). The two integer parts travel in
 # the smallest unsigned type that holds them exactly (``unsigned_for``): rows in the one that
@@ -109,7 +111,7 @@ def classify(name: str) -> TensorRole:
     elif head == SHARED_EMBEDDING_PREFIX and len(parts) == 3 and parts[1]:
         unit = ".".join(parts[:2])
         return TensorRole(Group.SHARED_EMBEDDING, unit, None, False, unit)
-    elif head in ("gates", "embedding", "numeric"):
+    elif head in ("gates", "embedding", "numeric", SHARED_RESIDUAL):
         task = int(parts[1]) if head == "gates" and parts[1].isdigit() else None
         return TensorRole(Group.LOCAL, ".".join(parts[:2]), task, is_bn, layer)
     raise ValueError(f"tensor name {name!r} does not follow the parameter template")

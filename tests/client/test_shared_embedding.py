@@ -24,7 +24,7 @@ from pfms_client.shared_embedding import (
     measured_collision_rate,
     touched_upload,
 )
-from pfms_client.template import unsigned_for
+from pfms_client.template import Group, classify, unsigned_for, uploaded_names
 from pfms_client.trainer import TrainConfig, train_local
 
 MODEL = OmegaConf.create({"embed_dim": 4, "template": {"global": 1, "scenario": 1, "task": 1},
@@ -284,3 +284,34 @@ def test_the_upload_cap_is_checked():
     for bad in (0, -0.5, float("inf")):
         with pytest.raises(ValueError, match=f"upload_cap={bad}: expected a number > 0 or null"):
             SharedEmbeddings.from_strategy({"shared_embeddings": {**node, "upload_cap": bad}})
+
+
+def test_residual_rows_start_at_zero_learn_the_node_s_own_part_and_stay_home():
+    maps, data = _maps(), _toy()
+    plain = _model(maps)
+    model = build_model(MODEL, [1, 30, 6], 3, 2, seed=7, shared_buckets=maps, shared_rows=51, field_names=FIELDS,
+                        shared_residual=True)
+    state = model.state_dict()
+    assert set(state) - set(plain.state_dict()) == {"shared_residual.weight"}
+    assert state["shared_residual.weight"].shape == (30 + 6, 4) and not state["shared_residual.weight"].any()
+    for k, v in plain.state_dict().items():  # built last: every other tensor starts as without it
+        assert torch.equal(state[k], v), k
+    model.eval(), plain.eval()
+    assert torch.equal(model(data.x_cat, data.x_num), plain(data.x_cat, data.x_num))
+    cfg = TrainConfig(local_epochs=1, batch_size=32, lr=1e-2, weight_decay=0.0, mu=0.0, local_steps=None)
+    train_local(model, data, {}, cfg, seed=5)
+    res = model.state_dict()["shared_residual.weight"]
+    seen_items = torch.unique(data.x_cat[:, 1])  # item indices 0..29 sit at residual rows 0..29
+    assert res[seen_items].abs().sum(1).gt(0).all()
+    unseen = torch.tensor(sorted(set(range(30)) - set(seen_items.tolist())), dtype=torch.long)
+    assert not res[unseen].any()  # ids no batch used keep zero
+    # the residual's id reads its shared row plus its own row
+    with torch.no_grad():
+        x = data.x_cat[:3]
+        rows = model.bucket_map_0[x[:, 1]]
+        want = model.shared_embedding["item"](rows) + res[x[:, 1]]
+        got = model._embed_fields(x)[:, 1]
+    torch.testing.assert_close(got, want)
+    assert classify("shared_residual.weight").group is Group.LOCAL
+    assert uploaded_names(model.state_dict(), fedbn=True, share=["global", "scenario", "tower"]) == [
+        n for n in uploaded_names(plain.state_dict(), fedbn=True, share=["global", "scenario", "tower"])]

@@ -142,3 +142,19 @@ def test_an_upload_cap_sends_the_largest_changes_and_keeps_every_other_one(pfms_
 
 def unpack_state(record):
     return {k: v.numpy() for k, v in record.items()}
+
+
+def test_residual_rows_stay_on_the_node_and_persist_between_rounds(pfms_home, tmp_path):
+    grid, strat, summary = run_inprocess(
+        [f"paths.home={pfms_home}", *TINY, "strategy.shared_embeddings.enabled=true",
+         "strategy.shared_embeddings.buckets=512", "strategy.shared_embeddings.residual=true"],
+        tmp_path / "residual", _recording_grid())
+    assert summary["status"] == "completed" and summary["aggregated_rounds"] == [1, 2]
+    assert not any(k.startswith("shared_residual") for back in grid.up for arrays in back.values() for k in arrays)
+    for node, context in grid.contexts.items():
+        scenario = strat.node_scenario[node]
+        one = context.state[f"pfms.local-previous.{scenario}"]["shared_residual.weight"].numpy()
+        two = context.state[f"pfms.local.{scenario}"]["shared_residual.weight"].numpy()
+        # kept in the node's local state (the generic LocalState round trip is tested in
+        # tests/client/test_fedbn_and_state.py): trained in round 1 from zeros, then on in round 2
+        assert np.abs(one).sum() > 0 and not np.array_equal(one, two)
