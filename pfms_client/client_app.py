@@ -152,9 +152,10 @@ class Session:
         with self.watch.time("data"):
             self.data = scenario_data(dataset_config(context, self.cfg), self.scenario,
                                       int(self.cfg.train.in_memory_max_rows))
+        strat = self.cfg.strategy
+        self.shared = SharedEmbeddings.from_strategy(strat)
         with self.watch.time("model"):
             self.model: MMoE = self.new_model()
-        strat = self.cfg.strategy
         self.upload = uploaded_names(self.model.state_dict().keys(), fedbn=bool(strat.fedbn), share=shared_parts(strat))
         state_dir = context.node_config.get("state-dir")
         if state_dir:  # per run; the run key stays the same when the server resumes a run
@@ -164,9 +165,10 @@ class Session:
         self.local = LocalState(context.state, self.scenario, state_dir)
         self._store, self._state_dir = context.state, state_dir
         self.received: dict[str, torch.Tensor] | None = None  # the server's tensors of this message
-        self.shared = SharedEmbeddings.from_strategy(strat)
-        # strategy.shared_embeddings.upload_cap: the shared rows' changes not sent yet, per round
+        # strategy.shared_embeddings.upload_cap: the shared rows' changes not sent yet, per round;
+        # ``kept`` is what add_pending loaded for this message (trained_upload goes on from it)
         self.pending = LocalState(context.state, f"{self.scenario}+pending", state_dir)
+        self.kept: dict[str, Pending] | None = None
 
     def shared_fields(self) -> tuple[str, ...]:
         """dataset.schema.shared_fields, as names (the YAML may give a {prefix, start, count} range)."""
@@ -175,9 +177,8 @@ class Session:
         return DatasetSchema.from_config(self.cfg.dataset).shared_fields
 
     def new_model(self) -> MMoE:
-        shared = SharedEmbeddings.from_strategy(self.cfg.strategy)
-        maps = shared.bucket_maps(self.data.categorical_names, self.shared_fields(), self.data.vocabularies)
-        extra = {"shared_buckets": maps, "shared_rows": shared.rows, "shared_residual": shared.residual,
+        maps = self.shared.bucket_maps(self.data.categorical_names, self.shared_fields(), self.data.vocabularies)
+        extra = {"shared_buckets": maps, "shared_rows": self.shared.rows, "shared_residual": self.shared.residual,
                  "field_names": self.data.categorical_names} if maps else {}
         return build_model(
             self.cfg.model, self.data.field_dims, self.data.num_numerical, len(self.data.task_names), self.cfg.seed,
@@ -203,10 +204,10 @@ class Session:
         the round before ``before_round``) back onto the tables just received."""
         if not self.shared.capped:
             return
-        kept = self.pending.load(before_round)
+        kept = self.pending.load(before_round) or {}
         tables = {n: t for n, t in self.uploadable().items() if is_shared_table(n)}
-        if kept:
-            add_pending(tables, {n: p for n in tables if (p := Pending.from_arrays(kept, n)) is not None})
+        self.kept = {n: p for n in tables if (p := Pending.from_arrays(kept, n)) is not None}
+        add_pending(tables, self.kept)
 
     def trained_upload(self, server_round: int) -> dict[str, Any]:
         """What a train reply carries: the uploadable tensors, each shared table replaced by
@@ -223,10 +224,10 @@ class Session:
         if not self.shared.capped:
             sent = {n: self.received[n] for n in tables} if self.shared.sends_deltas else None
             return {**rest, **touched_upload(tables, counts, sent)}
-        kept = self.pending.load(before_round=server_round or None) or {}
-        pending = {n: p for n in tables if (p := Pending.from_arrays(kept, n)) is not None}
+        if self.kept is None:
+            raise UpdateError(f"scenario {self.scenario}: a capped upload before its pending rows were added back")
         budget = float(self.shared.upload_cap) * sum(t.numel() * t.element_size() for t in rest.values())
-        rows, left = capped_upload(tables, counts, {n: self.received[n] for n in tables}, pending, budget,
+        rows, left = capped_upload(tables, counts, {n: self.received[n] for n in tables}, self.kept, budget,
                                    deltas=self.shared.sends_deltas)
         self.pending.save({k: torch.from_numpy(np.ascontiguousarray(v)) for n, p in left.items()
                            for k, v in p.arrays(n).items()}, server_round)
@@ -325,8 +326,8 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config.get("server-round", 0))
     session.restore(before_round=server_round or None)
     anchor = session.load_received(msg.content["arrays"])
-    if session.shared.capped:  # the node starts from its own rows: received plus what it has not sent
-        session.add_pending(before_round=server_round or None)
+    session.add_pending(before_round=server_round or None)  # capped: received plus what it has not sent
+    if session.shared.capped:  # the proximal anchor is the node's own rows
         now = session.model.state_dict()
         anchor = {n: now[n].clone() if is_shared_table(n) else t for n, t in anchor.items()}
     evaluated = received_model_metrics(session, config, server_round)

@@ -29,8 +29,8 @@ Nothing a node learned is dropped; some of it arrives later.
 
 from __future__ import annotations
 
-import zlib
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 

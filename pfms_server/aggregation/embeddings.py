@@ -41,6 +41,20 @@ Touched = tuple[np.ndarray, np.ndarray, np.ndarray]
 Aggregate = Callable[[ServerState, Mapping[str, Arrays], Mapping[str, int]], ServerState]
 
 
+def _table(table: np.ndarray) -> np.ndarray:
+    table = np.asarray(table)
+    if table.ndim != 2:
+        raise ValueError(f"a shared table is [rows, dim], got shape {table.shape}")
+    return table
+
+
+def _distinct(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(np.unique(rows)) != len(rows):
+        raise ValueError("an upload lists a row twice")
+    return rows
+
+
 def touched_row_mean(table: np.ndarray, uploads: Sequence[Touched], step: float = 1.0) -> np.ndarray:
     """``table`` with each row some upload touched replaced by the count-weighted mean of the
     uploads' values for it; untouched rows are returned as they were. ``step`` != 1 moves a
@@ -49,17 +63,13 @@ def touched_row_mean(table: np.ndarray, uploads: Sequence[Touched], step: float 
 
     Every upload's rows are distinct and inside the table, counts >= 1 and values finite
     (``validate.touched_problems`` says so before a reply gets here)."""
-    table = np.asarray(table)
+    table = _table(table)
     out = table.copy()
-    if table.ndim != 2:
-        raise ValueError(f"a shared table is [rows, dim], got shape {table.shape}")
     sums = np.zeros(table.shape, dtype=np.float64)
     weights = np.zeros(table.shape[0], dtype=np.float64)
     for rows, counts, values in uploads:
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = _distinct(rows)
         w = np.asarray(counts, dtype=np.float64)  # exact: a count below 2**53
-        if len(np.unique(rows)) != len(rows):
-            raise ValueError("an upload lists a row twice")
         sums[rows] += w[:, None] * np.asarray(values, dtype=np.float64)
         weights[rows] += w
     touched = weights > 0
@@ -93,16 +103,14 @@ def touched_row_rate_mean(table: np.ndarray, uploads: Mapping[str, Touched], rat
     covers the rounds since the scenario last sent it (or since round 1), so its rate is
     count / (server_round - last sent round). Row r becomes
     ``table[r] + step * sum_senders rate_i (value_i - table[r]) / sum_known rate_j``."""
-    table = np.asarray(table)
-    if table.ndim != 2:
-        raise ValueError(f"a shared table is [rows, dim], got shape {table.shape}")
+    table = _table(table)
     size = table.shape[0]
     new = {s: RowRates(r.sent.copy(), r.rate.copy()) for s, r in rates.items()}
     sums = np.zeros(table.shape, dtype=np.float64)
+    sent = np.zeros(size, dtype=bool)
     for scenario, (rows, counts, values) in sorted(uploads.items()):
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(np.unique(rows)) != len(rows):
-            raise ValueError("an upload lists a row twice")
+        rows = _distinct(rows)
+        sent[rows] = True
         rec = new.setdefault(scenario, RowRates.empty(size))
         rounds = server_round - rec.sent[rows]
         if (rounds < 1).any():
@@ -113,9 +121,6 @@ def touched_row_rate_mean(table: np.ndarray, uploads: Mapping[str, Touched], rat
     total = np.zeros(size, dtype=np.float64)
     for rec in new.values():
         total += rec.rate
-    sent = np.zeros(size, dtype=bool)
-    for rows, _, _ in uploads.values():
-        sent[np.asarray(rows, dtype=np.int64)] = True
     out = table.copy()
     out[sent] = (table[sent] + step * sums[sent] / total[sent, None]).astype(table.dtype)
     return out, new
