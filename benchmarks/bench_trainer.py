@@ -69,7 +69,7 @@ def main() -> None:
     data = load_scenario(cfg.dataset, scenario)
     tcfg = TrainConfig.from_config(cfg.train)
     base = build_model(cfg.model, data.field_dims, data.num_numerical, len(data.task_names), int(cfg.seed))
-    names = uploaded_names(base.state_dict(), fedbn=bool(cfg.strategy.fedbn), share=shared_parts(cfg.strategy))
+    names = uploaded_names(base.state_dict(), fedbn=cfg.strategy.fedbn, share=shared_parts(cfg.strategy))
     params = dict(base.named_parameters())
     anchor = {n: params[n].detach().clone() for n in names if n in params}
 

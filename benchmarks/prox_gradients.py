@@ -43,7 +43,7 @@ def main() -> None:
     data = load_scenario(cfg.dataset, scenario)
     model = build_model(cfg.model, data.field_dims, data.num_numerical, len(data.task_names), args.seed,
                         positive_rates=data.positive_rates)
-    up = set(uploaded_names(model.state_dict().keys(), fedbn=bool(cfg.strategy.fedbn), share=shared_parts(cfg.strategy)))
+    up = set(uploaded_names(model.state_dict().keys(), fedbn=cfg.strategy.fedbn, share=shared_parts(cfg.strategy)))
     params = {n: p for n, p in model.named_parameters() if n in up}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)

@@ -156,7 +156,7 @@ class Session:
         self.shared = SharedEmbeddings.from_strategy(strat)
         with self.watch.time("model"):
             self.model: MMoE = self.new_model()
-        self.upload = uploaded_names(self.model.state_dict().keys(), fedbn=bool(strat.fedbn), share=shared_parts(strat))
+        self.upload = uploaded_names(self.model.state_dict().keys(), fedbn=strat.fedbn, share=shared_parts(strat))
         state_dir = context.node_config.get("state-dir")
         if state_dir:  # per run; the run key stays the same when the server resumes a run
             config = msg.content.get("config") if msg is not None else None

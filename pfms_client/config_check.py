@@ -264,7 +264,7 @@ CLIENT_RULES: dict[str, Rule] = {
     "model.output_bias": one_of(OUTPUT_BIAS),
     "strategy.name": text(),
     "strategy.share": list_of(one_of(SHAREABLE), unique=True),
-    "strategy.fedbn": boolean(),
+    "strategy.fedbn": Rule("true, false or stats", lambda v: isinstance(v, bool) or v == "stats"),
     "strategy.mu": number(0, nullable=True),  # null = train.mu
     "strategy.client.mode": one_of(CLIENT_MODES),
     "strategy.client.head_epochs": integer(1).optional(),  # fedrep

@@ -12,7 +12,8 @@ Names (``t`` = task index, ``i`` = expert index):
     gates.<t>.*, embedding.*, numeric.*   local under PF-MSMTrec
     shared_embedding.<field>.weight       the hashed table of a field whose ids mean the same in
                                           every scenario (strategy.shared_embeddings: off by default)
-Any name with a ``bn`` component is a BatchNorm tensor (kept local under FedBN).
+Any name with a ``bn`` component is a BatchNorm tensor (kept local under FedBN; with
+``strategy.fedbn: stats`` only its running statistics are).
 What a strategy uploads is ``strategy.share`` (PF-MSMTrec: G, S and towers; the
 FedAvg-family baselines also share task experts, gates and the numeric layer).
 Embeddings stay local everywhere (each scenario indexes its own ids) unless
@@ -148,14 +149,32 @@ def shares_embeddings(strategy: Mapping[str, Any]) -> bool:
     return bool(switch is not None and switch["enabled"]) and str(strategy.get("algorithm", "none")) != "none"
 
 
-def is_uploaded(name: str, *, fedbn: bool, share: Iterable[str]) -> bool:
+# ``strategy.fedbn``: true keeps every BatchNorm tensor on the node (the spec's FedBN); false
+# uploads and averages them like any other weight (the spec's ablation); "stats" (beyond the
+# paper; SiloBN, Andreux et al., 2020) keeps only the running statistics on the node and shares
+# gamma and beta: a small scenario borrows the large ones' learned affine while still
+# normalising with its own statistics, which averaged statistics miscalibrate.
+FEDBN_MODES: tuple[bool | str, ...] = (True, False, "stats")
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def bn_stays_local(name: str, fedbn: bool | str) -> bool:
+    """Whether ``strategy.fedbn`` keeps this BatchNorm tensor on the node."""
+    if isinstance(fedbn, bool):
+        return fedbn
+    if fedbn == "stats":
+        return name.rpartition(".")[2] in BN_STATISTICS
+    raise ValueError(f"strategy.fedbn={fedbn!r}: expected true, false or stats")
+
+
+def is_uploaded(name: str, *, fedbn: bool | str, share: Iterable[str]) -> bool:
     """Whether a client sends this tensor to the server (and receives it back)."""
-    if classify(name).is_bn and fedbn:
+    if classify(name).is_bn and bn_stays_local(name, fedbn):
         return False
     return share_key(name) in set(share)
 
 
-def uploaded_names(names: Iterable[str], *, fedbn: bool, share: Iterable[str]) -> list[str]:
+def uploaded_names(names: Iterable[str], *, fedbn: bool | str, share: Iterable[str]) -> list[str]:
     share = frozenset(share)
     return [n for n in names if is_uploaded(n, fedbn=fedbn, share=share)]
 

@@ -40,7 +40,7 @@ class HyperOpt:
 
 @dataclass(frozen=True)
 class AggregationConfig:
-    fedbn: bool
+    fedbn: bool | str  # true, false or "stats" (template.FEDBN_MODES)
     conflict: str
     c: float
     alpha_mode: str
@@ -58,7 +58,7 @@ class AggregationConfig:
     def from_config(cls, s: Mapping[str, Any], seed: int) -> "AggregationConfig":
         p, t = s["personalization"], s["towers"]
         cfg = cls(
-            fedbn=bool(s["fedbn"]),
+            fedbn=s["fedbn"] if s["fedbn"] == "stats" else bool(s["fedbn"]),
             conflict=str(s["conflict"]["method"]),
             c=float(s["conflict"]["c"]),
             alpha_mode=str(p["mode"]),

@@ -1,5 +1,6 @@
 """FedBN on the wire, and the client's local state across rounds and restarts."""
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
@@ -86,6 +87,60 @@ def test_bn_is_sent_when_fedbn_is_off(pfms_home, tmp_path):
     assert bn & grid.up == shared_bn and bn & grid.down == shared_bn
 
 
+BN_STATS = {"running_mean", "running_var", "num_batches_tracked"}
+
+
+class LastTrainGrid(RecordingGrid):
+    """Also keeps what each node received in the last message that carried arrays."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        received = {m.metadata.dst_node_id: {n: a for rec in m.content.array_records.values()
+                                             for n, a in unpack(rec).items()} for m in messages}
+        if any(received.values()):
+            self.received = received
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_fedbn_stats_shares_gamma_and_beta_and_keeps_the_statistics(pfms_home, tmp_path):
+    """``strategy.fedbn=stats`` (SiloBN): the affine BN tensors of the shared parts cross both
+    ways and come back averaged, the same for every node; no running statistic ever crosses,
+    and each node keeps its own."""
+    grid, _, _ = run_inprocess(
+        inprocess_overrides(pfms_home, "num_rounds=2", "strategy.fedbn=stats", "eval.splits=[val]"),
+        tmp_path / "silobn", LastTrainGrid)
+    share = shared_parts(load_config(["strategy.fedbn=stats"]).strategy)
+    bn = _bn_of_run(grid)
+    shared_bn = {n for n in bn if share_key(n) in share}
+    affine = {n for n in shared_bn if n.rsplit(".", 1)[1] in {"weight", "bias"}}
+    assert affine and affine != shared_bn
+    assert bn & grid.up == affine and bn & grid.down == affine
+    # After a round, G, S and the towers' gamma/beta come back as one average for everybody
+    # (S experts' other tensors are personalised, so they differ by node).
+    received = list(grid.received.values())
+    assert len(received) == 4
+    for n in affine:
+        assert all(np.array_equal(r[n], received[0][n]) for r in received[1:]), n
+    scenario_w = next(n for n in received[0] if n.startswith("experts.scenario.") and "linear.weight" in n)
+    assert not np.array_equal(received[0][scenario_w], received[1][scenario_w])
+    # Each node's running statistics are its own (trained on its rows, never overwritten).
+    sessions = []
+    for ctx in grid.contexts.values():
+        session = Session(ctx)
+        session.restore()
+        sessions.append(session.model.state_dict())
+    means = sorted(n for n in shared_bn if n.endswith("running_mean"))
+    assert means
+    for n in means:
+        assert not torch.equal(sessions[0][n], sessions[1][n]), n
+        assert float(sessions[0][n].abs().sum()) > 0, n
+
+
+def test_fedbn_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match=r"strategy.fedbn='silo': expected true, false or stats"):
+        uploaded_names(["experts.global.0.mlp.layers.0.bn.weight"], fedbn="silo", share=["global"])
+
+
 @pytest.mark.parametrize("strategy", ["pfmsmtrec", "fedavg", "fedper"])
 def test_fedbn_keeps_back_exactly_the_batchnorm_tensors(strategy):
     """The template under FedBN uploads what it uploads without FedBN, minus exactly the
@@ -100,6 +155,9 @@ def test_fedbn_keeps_back_exactly_the_batchnorm_tensors(strategy):
     without_bn = uploaded_names(names, fedbn=True, share=share)
     assert set(with_bn) & bn  # there is something for FedBN to keep back
     assert without_bn == [n for n in with_bn if n not in bn]
+    stats_local = uploaded_names(names, fedbn="stats", share=share)
+    assert stats_local == [n for n in with_bn if n not in bn or n.rsplit(".", 1)[1] not in BN_STATS]
+    assert set(stats_local) - set(without_bn) and set(with_bn) - set(stats_local)
 
 
 def _context(overrides, node_id=7, state_dir=None):

@@ -89,7 +89,7 @@ BAD = [  # (overrides, the message starts with)
     ("train.local_epochs=true", "train.local_epochs=true: expected an integer >= 1"),
     ("num_rounds=2.5", "num_rounds=2.5: expected an integer >= 1"),
     ("train.lr=fast", "train.lr='fast': expected a number > 0"),
-    ("strategy.fedbn=1", "strategy.fedbn=1: expected true or false"),
+    ("strategy.fedbn=1", "strategy.fedbn=1: expected true, false or stats"),
     ("server.plot=yes", "server.plot='yes': expected true or false"),
     ("model.expert_hidden=64", "model.expert_hidden=64: expected a non-empty list"),
     ("model.expert_hidden=[]", "model.expert_hidden=[]: expected a non-empty list"),
