@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import ConfigError
-from .template import SHAREABLE, VALUE_ENCODINGS
+from .template import FEDBN_MODES, SHAREABLE, VALUE_ENCODINGS
 
 # What the client code accepts; tests/server/test_config_check.py checks these equal the
 # constants of the modules that use them (local_update.MODES, client_app.SPLITS and
@@ -264,7 +264,8 @@ CLIENT_RULES: dict[str, Rule] = {
     "model.output_bias": one_of(OUTPUT_BIAS),
     "strategy.name": text(),
     "strategy.share": list_of(one_of(SHAREABLE), unique=True),
-    "strategy.fedbn": Rule("true, false or stats", lambda v: isinstance(v, bool) or v == "stats"),
+    "strategy.fedbn": Rule("true, false or stats",
+                           lambda v: isinstance(v, bool) or (isinstance(v, str) and v in FEDBN_MODES)),
     "strategy.mu": number(0, nullable=True),  # null = train.mu
     "strategy.client.mode": one_of(CLIENT_MODES),
     "strategy.client.head_epochs": integer(1).optional(),  # fedrep

@@ -58,7 +58,7 @@ class AggregationConfig:
     def from_config(cls, s: Mapping[str, Any], seed: int) -> "AggregationConfig":
         p, t = s["personalization"], s["towers"]
         cfg = cls(
-            fedbn=s["fedbn"] if s["fedbn"] == "stats" else bool(s["fedbn"]),
+            fedbn=s["fedbn"] if isinstance(s["fedbn"], str) else bool(s["fedbn"]),
             conflict=str(s["conflict"]["method"]),
             c=float(s["conflict"]["c"]),
             alpha_mode=str(p["mode"]),
