@@ -90,7 +90,7 @@ def test_bn_is_sent_when_fedbn_is_off(pfms_home, tmp_path):
 BN_STATS = {"running_mean", "running_var", "num_batches_tracked"}
 
 
-class LastTrainGrid(RecordingGrid):
+class LastSentGrid(RecordingGrid):
     """Also keeps what each node received in the last message that carried arrays."""
 
     def send_and_receive(self, messages, *, timeout=None):
@@ -108,9 +108,10 @@ def test_fedbn_stats_shares_gamma_and_beta_and_keeps_the_statistics(pfms_home, t
     and each node keeps its own."""
     grid, _, _ = run_inprocess(
         inprocess_overrides(pfms_home, "num_rounds=2", "strategy.fedbn=stats", "eval.splits=[val]"),
-        tmp_path / "silobn", LastTrainGrid)
+        tmp_path / "silobn", LastSentGrid)
     share = shared_parts(load_config(["strategy.fedbn=stats"]).strategy)
-    bn = _bn_of_run(grid)
+    sessions = [Session(ctx) for ctx in grid.contexts.values()]
+    bn = set().union(*(bn_by_module_type(session.model) for session in sessions))
     shared_bn = {n for n in bn if share_key(n) in share}
     affine = {n for n in shared_bn if n.rsplit(".", 1)[1] in {"weight", "bias"}}
     assert affine and affine != shared_bn
@@ -124,16 +125,14 @@ def test_fedbn_stats_shares_gamma_and_beta_and_keeps_the_statistics(pfms_home, t
     scenario_w = next(n for n in received[0] if n.startswith("experts.scenario.") and "linear.weight" in n)
     assert not np.array_equal(received[0][scenario_w], received[1][scenario_w])
     # Each node's running statistics are its own (trained on its rows, never overwritten).
-    sessions = []
-    for ctx in grid.contexts.values():
-        session = Session(ctx)
+    for session in sessions:
         session.restore()
-        sessions.append(session.model.state_dict())
+    trained = [session.model.state_dict() for session in sessions]
     means = sorted(n for n in shared_bn if n.endswith("running_mean"))
     assert means
     for n in means:
-        assert not torch.equal(sessions[0][n], sessions[1][n]), n
-        assert float(sessions[0][n].abs().sum()) > 0, n
+        assert not torch.equal(trained[0][n], trained[1][n]), n
+        assert float(trained[0][n].abs().sum()) > 0, n
 
 
 def test_fedbn_rejects_an_unknown_mode():
